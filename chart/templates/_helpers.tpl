@@ -1,0 +1,221 @@
+{{/* Names ----------------------------------------------------------------- */}}
+
+{{- define "relay.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fullname: the prefix of every resource name. Kept to 50 characters so that
+"<fullname>-state-<ordinal>" and pod names stay within DNS label limits.
+*/}}
+{{- define "relay.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "relay.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Name of replica N's pod and of its relay Service (the same name, different kinds). */}}
+{{- define "relay.replicaName" -}}
+{{- printf "%s-%d" (include "relay.fullname" .root) (int .index) }}
+{{- end }}
+
+{{/* Name of replica N's state Secret: its Tailscale identity, never the auth key. */}}
+{{- define "relay.stateSecretName" -}}
+{{- printf "%s-state-%d" (include "relay.fullname" .root) (int .index) }}
+{{- end }}
+
+{{- define "relay.headlessServiceName" -}}
+{{- printf "%s-headless" (include "relay.fullname" .) }}
+{{- end }}
+
+{{- define "relay.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "relay.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "relay.hookName" -}}
+{{- printf "%s-hook" (include "relay.fullname" .) }}
+{{- end }}
+
+{{- define "relay.authSecretName" -}}
+{{- printf "%s-auth" (include "relay.fullname" .) }}
+{{- end }}
+
+{{/* Labels ---------------------------------------------------------------- */}}
+
+{{- define "relay.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "relay.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "relay.labels" -}}
+helm.sh/chart: {{ include "relay.chart" . }}
+{{ include "relay.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tailscale-peer-relay
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of one component: relay, hook or test. Call with (dict "root" $ "component" "relay"). */}}
+{{- define "relay.componentLabels" -}}
+{{ include "relay.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "relay.componentSelectorLabels" -}}
+{{ include "relay.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Images ---------------------------------------------------------------- */}}
+
+{{/* repository[:tag][@digest] from an image block and a default tag. */}}
+{{- define "relay.imageRef" -}}
+{{- $ref := printf "%s:%s" .image.repository (default .defaultTag .image.tag) }}
+{{- if .image.digest }}
+{{- $ref = printf "%s@%s" $ref .image.digest }}
+{{- end }}
+{{- $ref }}
+{{- end }}
+
+{{- define "relay.image" -}}
+{{- include "relay.imageRef" (dict "image" .Values.image "defaultTag" (printf "v%s" .Chart.AppVersion)) }}
+{{- end }}
+
+{{- define "relay.hookImage" -}}
+{{- include "relay.imageRef" (dict "image" .Values.hook.image "defaultTag" "") }}
+{{- end }}
+
+{{/* Relay settings ------------------------------------------------------------ */}}
+
+{{/* Base Tailscale hostname; replicas > 1 append "-<ordinal>". */}}
+{{- define "relay.hostname" -}}
+{{- default (include "relay.fullname" .) .Values.tailscale.hostname }}
+{{- end }}
+
+{{/* Arguments for the first "tailscale up" (TS_EXTRA_ARGS). */}}
+{{- define "relay.upArgs" -}}
+{{- $args := list }}
+{{- with .Values.tailscale.loginServer }}
+{{- $args = append $args (printf "--login-server=%s" .) }}
+{{- end }}
+{{- with .Values.tailscale.tags }}
+{{- $args = append $args (printf "--advertise-tags=%s" (join "," .)) }}
+{{- end }}
+{{- $args = concat $args .Values.tailscale.extraArgs }}
+{{- join " " $args }}
+{{- end }}
+
+{{/* Path of tailscaled's LocalAPI socket; the hook and test pass it to the tailscale CLI. */}}
+{{- define "relay.socket" -}}
+/tmp/tailscaled.sock
+{{- end }}
+
+
+{{/* Credentials for the first login: an auth key, or an OAuth client that mints one. */}}
+{{- define "relay.authEnv" -}}
+{{- $auth := .Values.auth }}
+{{- if or $auth.authKey $auth.existingSecret }}
+- name: TS_AUTHKEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "relay.authSecretName" .) $auth.existingSecret }}
+      key: {{ ternary $auth.existingSecretKey "TS_AUTHKEY" (not (empty $auth.existingSecret)) }}
+{{- else }}
+{{- $secret := default (include "relay.authSecretName" .) $auth.oauth.existingSecret }}
+- name: TS_CLIENT_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ ternary $auth.oauth.clientIdKey "TS_CLIENT_ID" (not (empty $auth.oauth.existingSecret)) }}
+- name: TS_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ ternary $auth.oauth.clientSecretKey "TS_CLIENT_SECRET" (not (empty $auth.oauth.existingSecret)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod spec shared by the hook Job and the helm test Pod: the hook script, in mode .mode
+("apply" or "verify"), as the hook ServiceAccount.
+*/}}
+{{- define "relay.hookPodSpec" -}}
+{{- $root := .root }}
+serviceAccountName: {{ include "relay.hookName" $root }}
+restartPolicy: Never
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+containers:
+  - name: {{ .mode }}
+    image: {{ include "relay.hookImage" $root }}
+    imagePullPolicy: {{ $root.Values.hook.image.pullPolicy }}
+    command: ["/bin/sh", "/scripts/relay-hook.sh", {{ .mode | quote }}]
+    env:
+      - name: NAMESPACE
+        valueFrom:
+          fieldRef:
+            fieldPath: metadata.namespace
+      - name: FULLNAME
+        value: {{ include "relay.fullname" $root | quote }}
+      - name: REPLICAS
+        value: {{ $root.Values.replicaCount | quote }}
+      - name: RELAY_PORT
+        value: {{ $root.Values.relay.port | quote }}
+      - name: STATIC_ENDPOINTS
+        value: {{ join "," $root.Values.relay.staticEndpoints | quote }}
+      - name: TIMEOUT_SECONDS
+        value: {{ $root.Values.hook.timeoutSeconds | quote }}
+      - name: TS_SOCKET
+        value: {{ include "relay.socket" $root }}
+      - name: CONTAINER
+        value: tailscale
+      # kubectl keeps its discovery cache under $HOME; the root filesystem is read-only.
+      - name: HOME
+        value: /tmp
+    securityContext:
+      {{- toYaml $root.Values.securityContext | nindent 6 }}
+    resources:
+      {{- toYaml $root.Values.hook.resources | nindent 6 }}
+    volumeMounts:
+      - name: scripts
+        mountPath: /scripts
+        readOnly: true
+      - name: tmp
+        mountPath: /tmp
+volumes:
+  - name: scripts
+    configMap:
+      name: {{ include "relay.hookName" $root }}
+  - name: tmp
+    emptyDir: {}
+{{- with $root.Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $root.Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
