@@ -1,0 +1,106 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/images/* (sourced, not run).
+#
+# Everything built lands in $CACHE/images/<what>-<version>-<hash>/, where the
+# hash covers the script that builds it, so a warm run only checks that
+# directories and image labels exist, and a version bump in
+# scripts/versions.env rebuilds only what depends on it.
+
+IMAGES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$IMAGES_DIR/../.." && pwd)"
+# shellcheck source=../versions.env
+source "$ROOT/scripts/versions.env"
+CACHE="${TSRELAY_CACHE:-$HOME/.cache/tailscale-relay-chart}"
+ICACHE="$CACHE/images"
+mkdir -p "$ICACHE"
+
+export CGO_ENABLED=0 GOTOOLCHAIN=local
+
+# Image names (all local: nothing is pulled, kind nodes get them by `kind load`).
+RELAY_IMAGE="localhost/tailscale:v${TAILSCALE_VERSION}"
+HOOK_IMAGE="localhost/relay-hook:${KUBERNETES_VERSION}"
+HEADSCALE_IMAGE="localhost/headscale:${HEADSCALE_VERSION}"
+METALLB_CONTROLLER_IMAGE="localhost/metallb-controller:${METALLB_VERSION}"
+METALLB_SPEAKER_IMAGE="localhost/metallb-speaker:${METALLB_VERSION}"
+
+# The kind cluster and the Headscale container on its docker network.
+CLUSTER_NAME="${KIND_CLUSTER_NAME:-relay-test}"
+KIND_NETWORK="${KIND_EXPERIMENTAL_DOCKER_NETWORK:-kind}"
+HEADSCALE_CONTAINER="${HEADSCALE_CONTAINER:-relay-test-headscale}"
+HEADSCALE_USER="relay-test"
+HEADSCALE_PORT=8080
+
+log() { echo "${LOG_PREFIX:-images}: $*" >&2; }
+die() { echo "${LOG_PREFIX:-images}: error: $*" >&2; exit 1; }
+
+# short_hash FILE... -> 12 hex chars over the files' contents
+short_hash() { cat "$@" | sha256sum | cut -c1-12; }
+
+KIND="${KIND:-$ROOT/.tools/bin/kind}"
+[[ -x "$KIND" ]] || KIND="$(command -v kind || true)"
+
+need_docker() {
+  command -v docker >/dev/null || die "docker is not installed (run scripts/docker-up)"
+  docker info >/dev/null 2>&1 || die "docker daemon is not reachable (run scripts/docker-up)"
+}
+have_docker() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+need_kind() { [[ -n "$KIND" && -x "$KIND" ]] || die "kind not found (run scripts/install-tools)"; }
+
+# kubectl for the hook image and for deploying: the node-image build's binary
+# (same KUBERNETES_VERSION, same wrapper-module recipe) when it is there,
+# otherwise scripts/images/build kubectl builds one.
+find_kubectl() {
+  local d
+  for d in "$CACHE"/bin/kubernetes-"$KUBERNETES_VERSION"-*/ "$ICACHE"/kubectl-"$KUBERNETES_VERSION"-*/; do
+    if [[ -f "$d/.done" && -x "$d/kubectl" ]]; then
+      echo "${d%/}/kubectl"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# kind_net_subnets -> "IPV4_SUBNET IPV6_SUBNET" of the kind docker network
+kind_net_subnets() {
+  docker network inspect "$KIND_NETWORK" -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' 2>/dev/null ||
+    die "docker network '$KIND_NETWORK' not found (is the kind cluster up? scripts/cluster up)"
+}
+
+# addr_in SUBNET INDEX -> the address at INDEX of SUBNET (negative counts from the end)
+addr_in() { python3 -c 'import ipaddress,sys; print(ipaddress.ip_network(sys.argv[1])[int(sys.argv[2])])' "$1" "$2"; }
+
+# Fixed addresses for Headscale near the top of each kind subnet, clear of the
+# ones docker hands out from the bottom and of the MetalLB pools (-64..-17).
+headscale_addrs() { # -> "IPV4 IPV6" (IPV6 empty on a single-stack network)
+  local s v4="" v6=""
+  for s in $(kind_net_subnets); do
+    case "$s" in
+      *:*) v6="$(addr_in "$s" -6)" ;;
+      *) v4="$(addr_in "$s" -6)" ;;
+    esac
+  done
+  [[ -n "$v4" ]] || die "docker network '$KIND_NETWORK' has no IPv4 subnet"
+  echo "$v4 $v6"
+}
+
+# What pods (and this host) use to reach Headscale.
+headscale_url() { local a; a="$(headscale_addrs)"; echo "http://${a%% *}:$HEADSCALE_PORT"; }
+
+hs() { docker exec "$HEADSCALE_CONTAINER" headscale "$@"; }
+
+headscale_running() {
+  [[ "$(docker inspect -f '{{.State.Running}}' "$HEADSCALE_CONTAINER" 2>/dev/null)" == true ]]
+}
+
+# headscale_user_id -> id of $HEADSCALE_USER (created if missing)
+headscale_user_id() {
+  local id
+  pick() { hs users list -o json | python3 -c 'import json,sys; print(next((str(u["id"]) for u in json.load(sys.stdin) or [] if u["name"]==sys.argv[1]), ""))' "$HEADSCALE_USER"; }
+  id="$(pick)"
+  if [[ -z "$id" ]]; then
+    hs users create "$HEADSCALE_USER" >/dev/null
+    id="$(pick)"
+  fi
+  [[ -n "$id" ]] || die "cannot find or create headscale user $HEADSCALE_USER"
+  echo "$id"
+}
