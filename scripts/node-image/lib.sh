@@ -1,0 +1,22 @@
+# shellcheck shell=bash
+# Shared helpers for the offline kind node image build (sourced, not run).
+# Everything built lands in $CACHE, keyed by the pinned versions in
+# scripts/versions.env plus a hash of the script that builds it, so a second
+# run reuses it and a version bump rebuilds only what changed.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+NODE_DIR="$ROOT/scripts/node-image"
+# shellcheck source=../versions.env
+source "$ROOT/scripts/versions.env"
+CACHE="${TSRELAY_CACHE:-$HOME/.cache/tailscale-relay-chart}"
+mkdir -p "$CACHE"
+
+log() { echo "${LOG_PREFIX:-node-image}: $*" >&2; }
+die() { echo "${LOG_PREFIX:-node-image}: error: $*" >&2; exit 1; }
+
+# short_hash FILE... -> 12 hex chars over the files' contents
+short_hash() { cat "$@" | sha256sum | cut -c1-12; }
+
+# k8s_minor v1.34.4 -> 34 ; k8s_patch -> 4
+k8s_minor() { local v="${1#v}"; v="${v#*.}"; echo "${v%%.*}"; }
+k8s_patch() { local v="${1#v}"; echo "${v##*.}"; }
