@@ -1,0 +1,50 @@
+"""Fixtures for the integration tests.
+
+They talk to whatever cluster KUBECONFIG names. Without KUBECONFIG, or when
+that cluster does not answer, the tests that need it are skipped with one line
+saying how to get one; when it answers, they assert.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
+
+
+@pytest.fixture(scope="session")
+def kube_api():
+    """A kubernetes.client.ApiClient for the cluster KUBECONFIG names."""
+    if not os.environ.get("KUBECONFIG"):
+        pytest.skip(f"KUBECONFIG is unset: {HINT}")
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config()
+        api = client.ApiClient()
+        client.VersionApi(api).get_code(_request_timeout=10)
+    except Exception as exc:  # unreadable kubeconfig, refused, timed out, ...
+        pytest.skip(f"no cluster answers at KUBECONFIG={os.environ['KUBECONFIG']} "
+                    f"({type(exc).__name__}): {HINT}")
+    return api
+
+
+@pytest.fixture(scope="session")
+def core(kube_api):
+    from kubernetes import client
+
+    return client.CoreV1Api(kube_api)
+
+
+@pytest.fixture
+def namespace(core):
+    """A fresh namespace, deleted (without waiting) after the test."""
+    from kubernetes import client
+
+    name = f"it-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")

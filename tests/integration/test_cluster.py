@@ -1,0 +1,81 @@
+"""The test cluster itself: a Ready dual-stack node, healthy system pods, and
+dual-stack LoadBalancer Services (MetalLB, deployed by scripts/images/deploy)."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+# images that cannot be pulled (the offline node image has no registry access)
+PULL_ERRORS = {"ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName"}
+
+
+def families(addresses) -> set[int]:
+    return {ipaddress.ip_address(a).version for a in addresses}
+
+
+def test_nodes_ready(core):
+    nodes = core.list_node().items
+    assert nodes, "the cluster has no nodes"
+    for node in nodes:
+        ready = {c.type: c.status for c in node.status.conditions}.get("Ready")
+        assert ready == "True", f"node {node.metadata.name} is not Ready: {node.status.conditions}"
+
+
+def test_nodes_are_dual_stack(core):
+    for node in core.list_node().items:
+        internal = [a.address for a in node.status.addresses if a.type == "InternalIP"]
+        assert families(internal) == {4, 6}, f"{node.metadata.name} InternalIPs: {internal}"
+        cidrs = node.spec.pod_cid_rs or []
+        assert {ipaddress.ip_network(c).version for c in cidrs} == {4, 6}, \
+            f"{node.metadata.name} podCIDRs: {cidrs}"
+
+
+def test_system_pods_healthy(core):
+    stuck = []
+    for pod in core.list_pod_for_all_namespaces().items:
+        for st in (pod.status.container_statuses or []) + (pod.status.init_container_statuses or []):
+            waiting = st.state.waiting if st.state else None
+            if waiting and waiting.reason in PULL_ERRORS:
+                stuck.append(f"{pod.metadata.namespace}/{pod.metadata.name}: {st.image} {waiting.reason}")
+    assert not stuck, "pods cannot get their images:\n" + "\n".join(stuck)
+
+    dns = core.list_namespaced_pod("kube-system", label_selector="k8s-app=kube-dns").items
+    assert dns, "no CoreDNS pods"
+    for pod in dns:
+        ready = {c.type: c.status for c in pod.status.conditions or []}.get("Ready")
+        assert ready == "True", f"CoreDNS pod {pod.metadata.name} is not Ready"
+
+
+def test_dual_stack_loadbalancer_gets_both_families(core, namespace):
+    from kubernetes import client
+
+    svc = client.V1Service(
+        metadata=client.V1ObjectMeta(name="dual-lb"),
+        spec=client.V1ServiceSpec(
+            type="LoadBalancer",
+            ip_family_policy="RequireDualStack",
+            ip_families=["IPv4", "IPv6"],
+            selector={"app": "nothing"},
+            ports=[client.V1ServicePort(name="udp", protocol="UDP", port=40000, target_port=40000)],
+        ),
+    )
+    created = core.create_namespaced_service(namespace, svc)
+    assert families(created.spec.cluster_i_ps) == {4, 6}, f"clusterIPs: {created.spec.cluster_i_ps}"
+
+    deadline = time.monotonic() + 120
+    ingress = []
+    while time.monotonic() < deadline:
+        status = core.read_namespaced_service("dual-lb", namespace).status
+        ingress = [i.ip for i in (status.load_balancer.ingress or []) if i.ip]
+        if families(ingress) == {4, 6}:
+            break
+        time.sleep(2)
+    assert families(ingress) == {4, 6}, (
+        f"LoadBalancer Service did not get an IPv4 and an IPv6 address within 120s "
+        f"(got {ingress or 'none'}); is MetalLB deployed (scripts/images/deploy)?"
+    )
