@@ -1,0 +1,222 @@
+"""The post-install/post-upgrade hook: how it is wired, and what its script does (against a fake kubectl)."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from chart_render import FULLNAME, REPO, env_of, one, render
+
+FAKE_KUBECTL = REPO / "tests" / "fake_kubectl.py"
+
+
+def hook_job(values=None):
+    return one(render(values), "Job", f"{FULLNAME}-hook")
+
+
+def test_hook_runs_after_install_and_upgrade_and_cleans_up():
+    annotations = hook_job()["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    assert annotations["helm.sh/hook-weight"] == "5"
+    assert hook_job({"hook": {"weight": -3}})["metadata"]["annotations"]["helm.sh/hook-weight"] == "-3"
+
+
+def test_hook_fails_once_and_clearly_within_its_deadline():
+    spec = hook_job({"hook": {"timeoutSeconds": 120}})["spec"]
+    assert spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] == 180
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert env_of(pod["containers"][0])["TIMEOUT_SECONDS"] == "120"
+
+
+def test_hook_pod_settings_follow_values():
+    values = {
+        "replicaCount": 2,
+        "relay": {"port": 61441},
+        "hook": {"image": {"repository": "example/kubectl", "tag": "1.34", "pullPolicy": "Never"},
+                 "resources": {"limits": {"memory": "64Mi"}}},
+    }
+    pod = hook_job(values)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["serviceAccountName"] == f"{FULLNAME}-hook"
+    assert container["image"] == "example/kubectl:1.34"
+    assert container["imagePullPolicy"] == "Never"
+    assert container["resources"]["limits"] == {"memory": "64Mi"}
+    assert container["command"] == ["/bin/sh", "/scripts/relay-hook.sh", "apply"]
+    env = env_of(container)
+    assert (env["FULLNAME"], env["REPLICAS"], env["RELAY_PORT"], env["STATIC_ENDPOINTS"]) == (FULLNAME, "2", "61441", "")
+
+
+def test_static_endpoints_are_passed_verbatim():
+    values = {"relay": {"staticEndpoints": ["[fdc9:b01a:9d26:0:2::3]:61441", "172.16.2.3:61441"]}}
+    env = env_of(hook_job(values)["spec"]["template"]["spec"]["containers"][0])
+    assert env["STATIC_ENDPOINTS"] == "[fdc9:b01a:9d26:0:2::3]:61441,172.16.2.3:61441"
+
+
+def test_hook_image_digest():
+    container = hook_job({"hook": {"image": {"digest": "sha256:" + "b" * 64}}})["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].endswith("@sha256:" + "b" * 64)
+
+
+def test_helm_test_pod_verifies_with_the_same_script():
+    manifests = render()
+    test_pod = one(manifests, "Pod", f"{FULLNAME}-test")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert test_pod["spec"]["containers"][0]["command"] == ["/bin/sh", "/scripts/relay-hook.sh", "verify"]
+    assert not [m for m in render({"test": {"enabled": False}}) if m["kind"] == "Pod"]
+
+
+# --- the script itself ------------------------------------------------------------------------
+
+
+class HookRun:
+    """Runs the rendered hook script against a fake cluster described by `world`."""
+
+    def __init__(self, tmp_path: Path, values: dict, world: dict):
+        self.tmp_path = tmp_path
+        manifests = render(values)
+        self.script = one(manifests, "ConfigMap", f"{FULLNAME}-hook")["data"]["relay-hook.sh"]
+        self.env = {k: v for k, v in env_of(hook_job(values)["spec"]["template"]["spec"]["containers"][0]).items()
+                    if isinstance(v, str)}
+        self.world_path = tmp_path / "world.json"
+        self.world_path.write_text(json.dumps(world))
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "kubectl").symlink_to(FAKE_KUBECTL)
+        (tmp_path / "relay-hook.sh").write_text(self.script)
+        self.path = f"{bin_dir}:{os.environ['PATH']}"
+
+    def __call__(self, mode="apply", timeout=None):
+        env = {**self.env, "NAMESPACE": "tailnet", "PATH": self.path, "FAKE_KUBE_WORLD": str(self.world_path), "HOME": str(self.tmp_path)}
+        if timeout is not None:
+            env["TIMEOUT_SECONDS"] = str(timeout)
+        result = subprocess.run(["sh", str(self.tmp_path / "relay-hook.sh"), mode], env=env, capture_output=True, text=True, timeout=120)
+        return result
+
+    @property
+    def world(self):
+        return json.loads(self.world_path.read_text())
+
+    def sets(self):
+        return [c for c in self.world["calls"] if c[:1] == ["--namespace"] and "set" in c]
+
+
+def world_with(replicas=1, ips=("172.18.255.200", "fc00:f853:ccd:e793::c8"), policy="RequireDualStack", **pod):
+    return {
+        "statefulset": {"generation": 2, "observedGeneration": 2, "updateRevision": "rev-2"},
+        "pods": {f"{FULLNAME}-{i}": {"revision": "rev-2", **pod} for i in range(replicas)},
+        "services": {f"{FULLNAME}-{i}": {"ips": [ip.replace("200", str(200 + i)) for ip in ips], "policy": policy}
+                     for i in range(replicas)},
+    }
+
+
+def test_script_discovers_both_families_and_applies_them(tmp_path):
+    run = HookRun(tmp_path, {"relay": {"port": 61441}}, world_with())
+    result = run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    prefs = run.world["pods"][f"{FULLNAME}-0"]["prefs"]
+    assert prefs == {"port": "61441", "endpoints": "172.18.255.200:61441,[fc00:f853:ccd:e793::c8]:61441"}
+    assert "relay settings confirmed" in result.stdout
+
+
+def test_script_is_idempotent(tmp_path):
+    run = HookRun(tmp_path, {"relay": {"port": 61441}}, world_with())
+    assert run().returncode == 0
+    second = run()
+    assert second.returncode == 0, second.stdout
+    assert len(run.sets()) == 1, "a second run must not call tailscale set again"
+    assert "nothing to change" in second.stdout
+
+
+def test_script_configures_every_replica_with_its_own_service(tmp_path):
+    run = HookRun(tmp_path, {"replicaCount": 3}, world_with(replicas=3))
+    result = run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    for i in range(3):
+        assert run.world["pods"][f"{FULLNAME}-{i}"]["prefs"]["endpoints"].startswith(f"172.18.255.{200 + i}:40000")
+
+
+def test_script_uses_static_endpoints_without_asking_the_service(tmp_path):
+    endpoints = ["[fdc9:b01a:9d26:0:2::3]:61441", "172.16.2.3:61441"]
+    run = HookRun(tmp_path, {"relay": {"port": 61441, "staticEndpoints": endpoints}}, world_with(ips=()))
+    result = run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert run.world["pods"][f"{FULLNAME}-0"]["prefs"]["endpoints"] == ",".join(endpoints)
+    assert not [c for c in run.world["calls"] if "service" in c]
+
+
+def test_script_waits_for_the_pod_and_the_address(tmp_path):
+    world = world_with(ready_after=2)
+    world["services"][f"{FULLNAME}-0"]["ips_after"] = 2
+    run = HookRun(tmp_path, {}, world)
+    result = run(timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert run.world["polls"][f"pod/{FULLNAME}-0"] >= 3
+
+
+def test_script_waits_for_both_families_of_a_dual_stack_service(tmp_path):
+    run = HookRun(tmp_path, {}, world_with(ips=("172.18.255.200",)))
+    result = run(timeout=3)
+    assert result.returncode == 1
+    assert f"timed out after 3s waiting for Service {FULLNAME}-0 to get a LoadBalancer address" in result.stdout
+
+
+def test_script_times_out_naming_the_service_it_waited_for(tmp_path):
+    run = HookRun(tmp_path, {}, world_with(ips=()))
+    result = run(timeout=3)
+    assert result.returncode == 1
+    assert f"waiting for Service {FULLNAME}-0 to get a LoadBalancer address" in result.stdout
+    assert not run.sets()
+
+
+def test_script_times_out_naming_the_pod_and_showing_its_log(tmp_path):
+    run = HookRun(tmp_path, {}, world_with(ready=False, log="invalid key: unable to validate API key"))
+    result = run(timeout=3)
+    assert result.returncode == 1
+    assert f"waiting for relay pod {FULLNAME}-0 to be Ready" in result.stdout
+    assert "invalid key: unable to validate API key" in result.stdout
+
+
+def test_script_ignores_a_pod_from_the_previous_revision(tmp_path):
+    world = world_with()
+    world["pods"][f"{FULLNAME}-0"]["revision"] = "rev-1"
+    run = HookRun(tmp_path, {}, world)
+    result = run(timeout=3)
+    assert result.returncode == 1, "an upgrade must be applied to the new pod, not the one being replaced"
+    assert not run.sets()
+
+
+def test_script_rejects_hostname_only_load_balancers(tmp_path):
+    world = world_with(ips=())
+    world["services"][f"{FULLNAME}-0"]["hostnames"] = ["abc.elb.amazonaws.com"]
+    run = HookRun(tmp_path, {}, world)
+    result = run(timeout=30)
+    assert result.returncode == 1
+    assert "got only hostnames (abc.elb.amazonaws.com" in result.stdout
+    assert "set relay.staticEndpoints" in result.stdout
+
+
+def test_script_fails_when_the_setting_does_not_take(tmp_path):
+    run = HookRun(tmp_path, {}, world_with(ignore_set=True))
+    result = run()
+    assert result.returncode == 1
+    assert "relay settings are port '' endpoints ''" in result.stdout
+
+
+def test_script_fails_when_tailscale_refuses(tmp_path):
+    run = HookRun(tmp_path, {}, world_with(refuse_set=True))
+    result = run()
+    assert result.returncode == 1
+    assert "tailscale set was refused" in result.stdout
+
+
+def test_verify_mode_checks_without_changing(tmp_path):
+    run = HookRun(tmp_path, {}, world_with())
+    result = run("verify")
+    assert result.returncode == 1, "verify must fail on an unconfigured relay"
+    assert not run.sets()
+    assert run("apply").returncode == 0
+    assert run("verify").returncode == 0

@@ -1,0 +1,67 @@
+"""Least privilege: the relay touches only its state Secrets; the hook only the relay's pods and Services."""
+import pytest
+
+from chart_render import FULLNAME, find, one, render
+
+
+def rules_by_resource(role):
+    return {(tuple(r["apiGroups"]), tuple(r["resources"])): r for r in role["rules"]}
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_relay_role_names_each_state_secret_and_cannot_create(replicas):
+    role = one(render({"replicaCount": replicas}), "Role", FULLNAME)
+    rules = rules_by_resource(role)
+    secrets = rules[(("",), ("secrets",))]
+    assert secrets["resourceNames"] == [f"{FULLNAME}-state-{i}" for i in range(replicas)]
+    assert sorted(secrets["verbs"]) == ["get", "patch", "update"]
+    assert f"{FULLNAME}-auth" not in secrets["resourceNames"], "the relay must not read its auth Secret through the API"
+    assert sorted(rules[(("",), ("events",))]["verbs"]) == ["create", "get", "patch"]
+    assert set(rules) == {(("",), ("secrets",)), (("",), ("events",))}
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_state_secrets_are_created_empty_and_kept(replicas):
+    secrets = [s for s in find(render({"replicaCount": replicas}), "Secret") if "-state-" in s["metadata"]["name"]]
+    assert [s["metadata"]["name"] for s in secrets] == [f"{FULLNAME}-state-{i}" for i in range(replicas)]
+    for secret in secrets:
+        assert "data" not in secret and "stringData" not in secret
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_hook_role_is_limited_to_the_relays_own_objects(replicas):
+    role = one(render({"replicaCount": replicas}), "Role", f"{FULLNAME}-hook")
+    pods = [f"{FULLNAME}-{i}" for i in range(replicas)]
+    rules = rules_by_resource(role)
+    assert set(rules) == {
+        (("",), ("pods",)), (("",), ("pods/log",)), (("",), ("pods/exec",)), (("",), ("services",)),
+        (("apps",), ("statefulsets",)),
+    }
+    for key in [(("",), ("pods",)), (("",), ("pods/log",)), (("",), ("services",))]:
+        assert rules[key]["resourceNames"] == pods, key
+        assert rules[key]["verbs"] == ["get"], key
+    assert rules[(("",), ("pods/exec",))]["resourceNames"] == pods
+    assert sorted(rules[(("",), ("pods/exec",))]["verbs"]) == ["create", "get"]
+    assert rules[(("apps",), ("statefulsets",))]["resourceNames"] == [FULLNAME]
+    for rule in role["rules"]:
+        assert "resourceNames" in rule, f"hook rule {rule} is not limited by name"
+
+
+def test_bindings_tie_roles_to_their_service_accounts():
+    manifests = render()
+    for name in (FULLNAME, f"{FULLNAME}-hook"):
+        binding = one(manifests, "RoleBinding", name)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "tailnet"}]
+        one(manifests, "ServiceAccount", name)
+
+
+def test_rbac_can_be_left_to_the_user():
+    manifests = render({"rbac": {"create": False}})
+    assert not find(manifests, "Role") and not find(manifests, "RoleBinding")
+
+
+def test_service_account_annotations():
+    sa = one(render({"serviceAccount": {"annotations": {"a": "b"}}}), "ServiceAccount", FULLNAME)
+    assert sa["metadata"]["annotations"] == {"a": "b"}

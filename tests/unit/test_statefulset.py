@@ -1,0 +1,178 @@
+"""The relay StatefulSet: image, identity, Tailscale settings and pod placement follow the values."""
+import pytest
+
+from chart_render import FULLNAME, env_of, one, relay_container, render, versions
+
+
+def test_default_image_is_the_pinned_tailscale_release():
+    container = relay_container(render())
+    version = versions()["TAILSCALE_VERSION"]
+    assert container["image"] == f"ghcr.io/tailscale/tailscale:v{version}"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+
+
+@pytest.mark.parametrize(
+    "image, expected",
+    [
+        ({"repository": "registry.example/ts", "tag": "v1.94.2"}, "registry.example/ts:v1.94.2"),
+        ({"digest": "sha256:" + "a" * 64}, "ghcr.io/tailscale/tailscale:v{v}@sha256:" + "a" * 64),
+        ({"pullPolicy": "Always"}, "ghcr.io/tailscale/tailscale:v{v}"),
+    ],
+)
+def test_image_values(image, expected):
+    container = relay_container(render({"image": image}))
+    assert container["image"] == expected.format(v=versions()["TAILSCALE_VERSION"])
+    assert container["imagePullPolicy"] == image.get("pullPolicy", "IfNotPresent")
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_replicas_are_independent_stable_pods(replicas):
+    sts = one(render({"replicaCount": replicas}), "StatefulSet")
+    assert sts["spec"]["replicas"] == replicas
+    assert sts["metadata"]["name"] == FULLNAME
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert sts["spec"]["serviceName"] == f"{FULLNAME}-headless"
+
+
+def test_each_replica_keeps_state_in_its_own_secret_not_the_auth_secret():
+    env = env_of(relay_container(render()))
+    assert env["POD_INDEX"] == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
+    assert env["TS_KUBE_SECRET"] == f"{FULLNAME}-state-$(POD_INDEX)"
+    assert env["TS_AUTHKEY"]["secretKeyRef"]["name"] == f"{FULLNAME}-auth"
+
+
+def test_restart_keeps_relay_settings_because_login_happens_once():
+    env = env_of(relay_container(render()))
+    assert env["TS_AUTH_ONCE"] == "true", "without auth-once, containerboot's 'tailscale up' fights the relay settings"
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ({}, FULLNAME),
+        ({"tailscale": {"hostname": "k8s-peer-relay"}}, "k8s-peer-relay"),
+        ({"replicaCount": 3}, f"{FULLNAME}-$(POD_INDEX)"),
+        ({"replicaCount": 2, "tailscale": {"hostname": "edge"}}, "edge-$(POD_INDEX)"),
+    ],
+)
+def test_hostname(values, expected):
+    assert env_of(relay_container(render(values)))["TS_HOSTNAME"] == expected
+
+
+@pytest.mark.parametrize(
+    "tailscale, expected",
+    [
+        ({}, None),
+        ({"tags": ["tag:relay"]}, "--advertise-tags=tag:relay"),
+        ({"tags": ["tag:relay", "tag:k8s"]}, "--advertise-tags=tag:relay,tag:k8s"),
+        ({"loginServer": "https://headscale.example.com"}, "--login-server=https://headscale.example.com"),
+        (
+            {"loginServer": "https://hs.example", "tags": ["tag:relay"], "extraArgs": ["--advertise-connector"]},
+            "--login-server=https://hs.example --advertise-tags=tag:relay --advertise-connector",
+        ),
+    ],
+)
+def test_up_arguments(tailscale, expected):
+    env = env_of(relay_container(render({"tailscale": tailscale})))
+    assert env.get("TS_EXTRA_ARGS") == expected
+
+
+def test_daemon_extra_args():
+    env = env_of(relay_container(render({"tailscale": {"daemonExtraArgs": ["--verbose=1"]}})))
+    assert env["TS_TAILSCALED_EXTRA_ARGS"] == "--verbose=1"
+
+
+def test_userspace_networking_is_the_default():
+    container = relay_container(render())
+    assert env_of(container)["TS_USERSPACE"] == "true"
+    assert not container["securityContext"].get("privileged")
+
+
+def test_kernel_networking_is_an_explicit_privileged_opt_in():
+    container = relay_container(render({"tailscale": {"userspace": False}}))
+    assert env_of(container)["TS_USERSPACE"] == "false"
+    assert container["securityContext"]["privileged"] is True
+
+
+def test_relay_port_is_a_udp_container_port():
+    ports = {p["name"]: p for p in relay_container(render({"relay": {"port": 61441}}))["ports"]}
+    assert ports["relay"] == {"name": "relay", "containerPort": 61441, "protocol": "UDP"}
+
+
+def test_readiness_comes_from_the_containers_health_endpoint():
+    container = relay_container(render({"health": {"port": 9100}}))
+    env = env_of(container)
+    assert env["TS_ENABLE_HEALTH_CHECK"] == "true"
+    assert env["TS_LOCAL_ADDR_PORT"] == "[::]:9100"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-local"}
+    assert {"name": "http-local", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
+
+
+def test_health_disabled_drops_probe_and_local_port():
+    container = relay_container(render({"health": {"enabled": False}}))
+    assert "readinessProbe" not in container
+    assert env_of(container)["TS_ENABLE_HEALTH_CHECK"] == "false"
+    assert "TS_LOCAL_ADDR_PORT" not in env_of(container)
+
+
+def test_metrics_enable_the_metrics_endpoint():
+    env = env_of(relay_container(render({"metrics": {"enabled": True}})))
+    assert env["TS_ENABLE_METRICS"] == "true"
+
+
+@pytest.mark.parametrize(
+    "auth, expected",
+    [
+        ({"existingSecret": "my-ts", "existingSecretKey": "key"}, {"TS_AUTHKEY": ("my-ts", "key")}),
+        (
+            {"oauth": {"clientId": "id", "clientSecret": "secret"}},
+            {"TS_CLIENT_ID": (f"{FULLNAME}-auth", "TS_CLIENT_ID"), "TS_CLIENT_SECRET": (f"{FULLNAME}-auth", "TS_CLIENT_SECRET")},
+        ),
+        (
+            {"oauth": {"existingSecret": "oauth", "clientIdKey": "id", "clientSecretKey": "sec"}},
+            {"TS_CLIENT_ID": ("oauth", "id"), "TS_CLIENT_SECRET": ("oauth", "sec")},
+        ),
+    ],
+)
+def test_credentials_come_from_the_named_secret(auth, expected):
+    values = {"auth": {"authKey": "", **auth}, "tailscale": {"tags": ["tag:relay"]}}
+    env = env_of(relay_container(render(values)))
+    got = {name: (env[name]["secretKeyRef"]["name"], env[name]["secretKeyRef"]["key"]) for name in expected}
+    assert got == expected
+    assert not ({"TS_AUTHKEY", "TS_CLIENT_ID"} - set(expected)) & set(env), "only the chosen credential is passed"
+
+
+def test_pod_placement_and_extras():
+    values = {
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "lan", "operator": "In", "values": ["yes"]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                       "whenUnsatisfiable": "DoNotSchedule"}],
+        "priorityClassName": "system-cluster-critical",
+        "podAnnotations": {"example.com/a": "b"},
+        "podLabels": {"team": "net"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "extraEnv": [{"name": "TS_DEBUG_FIREWALL_MODE", "value": "auto"}],
+        "resources": {"requests": {"cpu": "50m"}},
+        "terminationGracePeriodSeconds": 5,
+    }
+    sts = one(render(values), "StatefulSet")
+    pod = sts["spec"]["template"]
+    spec = pod["spec"]
+    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "priorityClassName",
+                "imagePullSecrets", "terminationGracePeriodSeconds"):
+        assert spec[key] == values[key], key
+    assert pod["metadata"]["annotations"] == values["podAnnotations"]
+    assert pod["metadata"]["labels"]["team"] == "net"
+    container = spec["containers"][0]
+    assert env_of(container)["TS_DEBUG_FIREWALL_MODE"] == "auto"
+    assert container["resources"]["requests"]["cpu"] == "50m"
+
+
+def test_service_account():
+    spec = one(render(), "StatefulSet")["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == FULLNAME
+    spec = one(render({"serviceAccount": {"create": False, "name": "mine"}}), "StatefulSet")["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "mine"
