@@ -1,0 +1,35 @@
+"""NOTES.txt: how to check the relay, and the policy grant filled in with this release's tags."""
+import json
+import re
+
+from chart_render import notes
+
+
+def grant_in(text):
+    block = re.search(r'"grants": (\[.*?\n  \])', text, re.S)
+    assert block, "NOTES should show a grants block"
+    return json.loads(block.group(1))
+
+
+def test_grant_names_the_relay_tags():
+    grant = grant_in(notes({"tailscale": {"tags": ["tag:relay", "tag:k8s"]}}))
+    assert grant == [{"src": ["autogroup:member"], "dst": ["tag:relay", "tag:k8s"], "app": {"tailscale.com/cap/relay": []}}]
+
+
+def test_untagged_relay_is_called_out():
+    text = notes()
+    assert "tailscale.tags is empty" in text
+
+
+def test_check_commands_cover_every_replica():
+    text = notes({"replicaCount": 2, "relay": {"port": 61441}})
+    assert "relaying UDP port 61441" in text
+    for pod in ("relay-tailscale-peer-relay-0", "relay-tailscale-peer-relay-1"):
+        assert f"exec {pod} -c tailscale -- tailscale --socket=/tmp/tailscaled.sock get relay-server-port" in text
+        assert f"get service {pod}" in text
+    assert "helm test relay --namespace tailnet" in text
+
+
+def test_notes_say_how_to_remove_the_kept_state():
+    text = notes({"replicaCount": 2})
+    assert "delete secret relay-tailscale-peer-relay-state-0 relay-tailscale-peer-relay-state-1" in text

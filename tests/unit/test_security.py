@@ -1,0 +1,72 @@
+"""Secure by default: no privilege, no latest tag, the auth key never in plain sight."""
+import base64
+
+import pytest
+
+from chart_render import AUTH, all_pod_specs, helm_text, notes, render
+
+VARIANTS = {
+    "defaults": {},
+    "three replicas": {"replicaCount": 3},
+    "seed setup": {"relay": {"port": 61441}, "service": {"ipFamilyPolicy": "RequireDualStack"}},
+    "oauth": {"auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "s3cr3t"}}, "tailscale": {"tags": ["tag:relay"]}},
+}
+
+
+@pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
+def test_every_container_is_unprivileged_and_locked_down(values):
+    for where, spec in all_pod_specs(render(values)):
+        pod_context = spec["securityContext"]
+        assert pod_context["runAsNonRoot"] is True, where
+        assert pod_context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            name = f"{where} container {container['name']}"
+            assert not context.get("privileged"), f"{name} is privileged"
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            assert not context.get("capabilities", {}).get("add"), name
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{name} needs a writable /tmp with a read-only root"
+        assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+
+
+@pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
+def test_no_image_uses_latest(values):
+    for where, spec in all_pod_specs(render(values)):
+        for container in spec["containers"]:
+            image = container["image"]
+            tag = image.split("@")[0].rsplit(":", 1)
+            assert len(tag) == 2 and tag[1] and tag[1] != "latest", f"{where} uses an unpinned image {image}"
+            assert container["imagePullPolicy"] != "Always", where
+
+
+def test_only_kernel_networking_is_privileged():
+    privileged = [where for where, spec in all_pod_specs(render({"tailscale": {"userspace": False}}))
+                  for c in spec["containers"] if c["securityContext"].get("privileged")]
+    assert privileged == ["StatefulSet/relay-tailscale-peer-relay"]
+
+
+def test_auth_key_is_only_in_its_secret():
+    key = AUTH["auth"]["authKey"]
+    encoded = base64.b64encode(key.encode()).decode()
+    manifests = render()
+    holders = [m["metadata"]["name"] for m in manifests if key in str(m) or encoded in str(m)]
+    assert holders == ["relay-tailscale-peer-relay-auth"], f"auth key found in {holders}"
+    assert next(m for m in manifests if m["metadata"]["name"] in holders)["kind"] == "Secret"
+    assert key not in helm_text().replace(encoded, ""), "the plain auth key appears in the rendered output"
+    assert key not in notes() and encoded not in notes()
+
+
+def test_oauth_secret_is_only_in_its_secret():
+    values = VARIANTS["oauth"]
+    encoded = base64.b64encode(b"s3cr3t").decode()
+    holders = [m["kind"] for m in render(values) if "s3cr3t" in str(m) or encoded in str(m)]
+    assert holders == ["Secret"]
+
+
+def test_service_account_tokens_are_mounted_only_where_the_api_is_used():
+    for where, spec in all_pod_specs(render()):
+        assert spec["serviceAccountName"].startswith("relay-tailscale-peer-relay"), where

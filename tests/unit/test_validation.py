@@ -1,0 +1,105 @@
+"""Cross-field rules: bad combinations fail before anything is installed, naming the value to fix."""
+import pytest
+
+from chart_render import RenderError, render
+
+TAGGED = {"tailscale": {"tags": ["tag:relay"]}}
+
+CASES = {
+    "no credentials": (
+        {"auth": {"authKey": ""}},
+        "auth: set one of auth.authKey, auth.existingSecret or auth.oauth",
+    ),
+    "key and existing secret": (
+        {"auth": {"existingSecret": "mine"}},
+        "auth: set only one of auth.authKey, auth.existingSecret or auth.oauth; found auth.authKey, auth.existingSecret",
+    ),
+    "key and oauth": (
+        {"auth": {"oauth": {"clientId": "id", "clientSecret": "s"}}, **TAGGED},
+        "found auth.authKey, auth.oauth",
+    ),
+    "oauth without secret": (
+        {"auth": {"authKey": "", "oauth": {"clientId": "id"}}, **TAGGED},
+        "auth.oauth: auth.oauth.clientId and auth.oauth.clientSecret must both be set",
+    ),
+    "oauth both ways": (
+        {"auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "s", "existingSecret": "o"}}, **TAGGED},
+        "auth.oauth: set either auth.oauth.existingSecret or auth.oauth.clientId/clientSecret, not both",
+    ),
+    "oauth without tags": (
+        {"auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "s"}}},
+        "tailscale.tags: OAuth clients can only create tagged nodes",
+    ),
+    "node port without endpoints": (
+        {"service": {"type": "NodePort"}},
+        "relay.staticEndpoints: service.type NodePort has no load balancer address to discover",
+    ),
+    "static endpoints for several replicas": (
+        {"replicaCount": 2, "relay": {"staticEndpoints": ["192.0.2.1:40000"]}},
+        "relay.staticEndpoints: one list cannot describe several relays",
+    ),
+    "one node port for several replicas": (
+        {"replicaCount": 2, "service": {"nodePort": 30001}},
+        "service.nodePort: each replica has its own Service",
+    ),
+    "load balancer class on a node port": (
+        {"service": {"type": "NodePort", "loadBalancerClass": "x"}, "relay": {"staticEndpoints": ["192.0.2.1:30001"]}},
+        "service.loadBalancerClass: only applies to service.type LoadBalancer",
+    ),
+    "source ranges on a node port": (
+        {"service": {"type": "NodePort", "loadBalancerSourceRanges": ["10.0.0.0/8"]},
+         "relay": {"staticEndpoints": ["192.0.2.1:30001"]}},
+        "service.loadBalancerSourceRanges: only applies to service.type LoadBalancer",
+    ),
+    "single stack with two families": (
+        {"service": {"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4", "IPv6"]}},
+        "service.ipFamilies: service.ipFamilyPolicy SingleStack takes one family",
+    ),
+    "require dual stack with one family": (
+        {"service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6"]}},
+        "service.ipFamilies: service.ipFamilyPolicy RequireDualStack needs both families",
+    ),
+    "two families without a dual-stack policy": (
+        {"service": {"ipFamilies": ["IPv4", "IPv6"]}},
+        "service.ipFamilyPolicy: two service.ipFamilies need ipFamilyPolicy PreferDualStack or RequireDualStack",
+    ),
+    "service monitor without metrics": (
+        {"metrics": {"serviceMonitor": {"enabled": True}}},
+        "metrics.enabled: metrics.serviceMonitor.enabled needs metrics.enabled true",
+    ),
+    "service monitor without the CRD": (
+        {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}}},
+        "metrics.serviceMonitor.enabled: the cluster has no monitoring.coreos.com/v1 ServiceMonitor",
+    ),
+}
+
+
+@pytest.mark.parametrize("values, message", CASES.values(), ids=CASES.keys())
+def test_bad_combination_fails_with_a_message_naming_the_value(values, message):
+    with pytest.raises(RenderError) as failure:
+        render(values)
+    assert message in str(failure.value)
+
+
+def test_service_monitor_renders_when_the_cluster_has_the_crd():
+    values = {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}}
+    manifests = render(values, args=("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
+    monitor = next(m for m in manifests if m["kind"] == "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"] == [{"port": "http-local", "path": "/metrics", "interval": "30s"}]
+    assert not [m for m in render({"metrics": {"enabled": True}}) if m["kind"] == "ServiceMonitor"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"auth": {"authKey": "", "existingSecret": "ts-auth"}},
+        {"auth": {"authKey": "", "oauth": {"existingSecret": "oauth"}}, **TAGGED},
+        {"service": {"type": "NodePort", "nodePort": 30001}, "relay": {"staticEndpoints": ["192.0.2.1:30001"]}},
+        {"service": {"ipFamilyPolicy": "RequireDualStack"}},
+        {"service": {"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv6", "IPv4"]}},
+    ],
+)
+def test_good_combinations_render(values):
+    assert render(values)
