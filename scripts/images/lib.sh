@@ -23,10 +23,11 @@ HEADSCALE_IMAGE="localhost/headscale:${HEADSCALE_VERSION}"
 METALLB_CONTROLLER_IMAGE="localhost/metallb-controller:${METALLB_VERSION}"
 METALLB_SPEAKER_IMAGE="localhost/metallb-speaker:${METALLB_VERSION}"
 
-# The kind cluster and the Headscale container on its docker network.
-CLUSTER_NAME="${KIND_CLUSTER_NAME:-relay-test}"
+# The kind cluster (as scripts/cluster names it) and the Headscale container on
+# its docker network; `scripts/cluster down` removes containers named <cluster>-*.
+CLUSTER_NAME="${KIND_CLUSTER_NAME:-${CLUSTER_NAME:-relay-test}}"
 KIND_NETWORK="${KIND_EXPERIMENTAL_DOCKER_NETWORK:-kind}"
-HEADSCALE_CONTAINER="${HEADSCALE_CONTAINER:-relay-test-headscale}"
+HEADSCALE_CONTAINER="$CLUSTER_NAME-headscale"
 HEADSCALE_USER="relay-test"
 HEADSCALE_PORT=8080
 
