@@ -3,7 +3,7 @@
 scripts/images/deploy builds and loads the images, starts Headscale and MetalLB;
 the settings come from the environment (LOGIN_SERVER, AUTHKEY, RELAY_IMAGE,
 HOOK_IMAGE, as printed by scripts/images/env) or, when unset, from running
-scripts/images/env.
+scripts/images/env. Cluster and namespace fixtures: tests/integration/conftest.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import re
 import shlex
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,10 @@ SOCKET = "/tmp/tailscaled.sock"
 
 
 @pytest.fixture(scope="module")
-def kube():
-    if not os.environ.get("KUBECONFIG"):
-        pytest.skip("KUBECONFIG is unset: no cluster to run the image tests on")
-    from kubernetes import client, config
+def kube(kube_api):
+    """The kubernetes.client module, configured by conftest's kube_api (skips without a cluster)."""
+    from kubernetes import client
 
-    config.load_kube_config()
     return client
 
 
@@ -40,20 +37,11 @@ def settings() -> dict[str, str]:
     names = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "HOOK_IMAGE")
     if all(os.environ.get(n) for n in names):
         return {n: os.environ[n] for n in names}
-    out = subprocess.run(
-        [str(ROOT / "scripts/images/env")], check=True, capture_output=True, text=True
-    ).stdout
+    run = subprocess.run([str(ROOT / "scripts/images/env")], capture_output=True, text=True)
+    assert run.returncode == 0, f"scripts/images/env failed (run scripts/images/deploy?): {run.stderr}"
+    out = run.stdout
     found = dict(re.findall(r"^export (\w+)=(.*)$", out, re.M))
     return {n: shlex.split(found[n])[0] for n in names}
-
-
-@pytest.fixture
-def namespace(kube):
-    core = kube.CoreV1Api()
-    name = f"images-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(kube.V1Namespace(metadata=kube.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
 
 
 def _restricted_container(kube, **kw):
