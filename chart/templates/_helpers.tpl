@@ -172,6 +172,8 @@ containers:
     image: {{ include "relay.hookImage" $root }}
     imagePullPolicy: {{ $root.Values.hook.image.pullPolicy }}
     command: ["/bin/sh", "/scripts/relay-hook.sh", {{ .mode | quote }}]
+    # On failure the end of the log becomes the pod's termination message (kubectl describe).
+    terminationMessagePolicy: FallbackToLogsOnError
     env:
       - name: NAMESPACE
         valueFrom:

@@ -46,6 +46,7 @@ def test_hook_pod_settings_follow_values():
     assert container["imagePullPolicy"] == "Never"
     assert container["resources"]["limits"] == {"memory": "64Mi"}
     assert container["command"] == ["/bin/sh", "/scripts/relay-hook.sh", "apply"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError", "a failure should show in kubectl describe"
     env = env_of(container)
     assert (env["FULLNAME"], env["REPLICAS"], env["RELAY_PORT"], env["STATIC_ENDPOINTS"]) == (FULLNAME, "2", "61441", "")
 

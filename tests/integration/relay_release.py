@@ -1,0 +1,153 @@
+"""Installs the chart into a test namespace with the cluster's images, and reads relays back."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import pytest
+from kubernetes import client
+from kubernetes.stream import stream
+
+from chart_render import CHART, HELM, deep_merge
+
+ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
+REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "HOOK_IMAGE")
+
+
+def cluster_values() -> dict:
+    """Values that point the chart at this cluster's images and control server."""
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} unset: {ENV_HINT}")
+    relay_repo, relay_tag = os.environ["RELAY_IMAGE"].rsplit(":", 1)
+    hook_repo, hook_tag = os.environ["HOOK_IMAGE"].rsplit(":", 1)
+    return {
+        "image": {"repository": relay_repo, "tag": relay_tag},
+        "hook": {"image": {"repository": hook_repo, "tag": hook_tag}, "timeoutSeconds": 120},
+        "auth": {"authKey": os.environ["AUTHKEY"]},
+        "tailscale": {"loginServer": os.environ["LOGIN_SERVER"]},
+    }
+
+
+class Release:
+    """One Helm release of the chart in one namespace."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, name: str = "relay"):
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.namespace = namespace
+        self.name = name
+        self.fullname = f"{name}-tailscale-peer-relay"
+
+    def helm(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+        result = subprocess.run([HELM, *args, "--namespace", self.namespace], capture_output=True, text=True,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            pytest.fail(f"helm {' '.join(args[:2])} failed:\n{result.stdout}\n{result.stderr}\n{self.describe()}")
+        return result
+
+    def _values_args(self, values: dict) -> list[str]:
+        handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        with handle:
+            json.dump(deep_merge(cluster_values(), values), handle)
+        return ["--values", handle.name]
+
+    def install(self, values: dict | None = None, check: bool = True, wait: bool = True, timeout: str = "5m"):
+        args = ["install", self.name, str(CHART), *self._values_args(values or {}), "--timeout", timeout]
+        return self.helm(*args, *(["--wait"] if wait else []), check=check)
+
+    def upgrade(self, values: dict | None = None, check: bool = True):
+        return self.helm("upgrade", self.name, str(CHART), *self._values_args(values or {}), "--wait",
+                         "--timeout", "5m", check=check)
+
+    def rollback(self, revision: int):
+        return self.helm("rollback", self.name, str(revision), "--wait", "--timeout", "5m")
+
+    def test(self):
+        return self.helm("test", self.name, "--timeout", "5m", "--logs")
+
+    def uninstall(self):
+        return self.helm("uninstall", self.name, "--wait", "--timeout", "5m")
+
+    def status(self) -> dict:
+        return json.loads(self.helm("status", self.name, "--output", "json").stdout)
+
+    def pod(self, index: int) -> str:
+        return f"{self.fullname}-{index}"
+
+    def exec(self, pod: str, command: list[str], container: str = "tailscale") -> str:
+        return stream(self.core.connect_get_namespaced_pod_exec, pod, self.namespace, container=container,
+                      command=command, stderr=True, stdin=False, stdout=True, tty=False, _preload_content=True)
+
+    def tailscale(self, pod: str, *args: str) -> str:
+        return self.exec(pod, ["tailscale", "--socket=/tmp/tailscaled.sock", *args]).strip()
+
+    def relay_settings(self, pod: str) -> tuple[str, set[str]]:
+        port = self.tailscale(pod, "get", "relay-server-port")
+        endpoints = self.tailscale(pod, "get", "relay-server-static-endpoints")
+        return port, {e for e in endpoints.split(",") if e}
+
+    def node_identity(self, pod: str) -> tuple[str, list[str]]:
+        """The node's public key and tailnet addresses."""
+        status = json.loads(self.tailscale(pod, "status", "--json"))
+        return status["Self"]["PublicKey"], sorted(status["Self"]["TailscaleIPs"])
+
+    def service_endpoints(self, index: int, port: int) -> set[str]:
+        service = self.core.read_namespaced_service(self.pod(index), self.namespace)
+        addresses = [i.ip for i in (service.status.load_balancer.ingress or []) if i.ip]
+        return {f"[{a}]:{port}" if ipaddress.ip_address(a).version == 6 else f"{a}:{port}" for a in addresses}
+
+    def wait_pod_ready(self, pod: str, timeout: int = 180) -> client.V1Pod:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                found = self.core.read_namespaced_pod(pod, self.namespace)
+                ready = {c.type: c.status for c in found.status.conditions or []}.get("Ready")
+                if ready == "True" and not found.metadata.deletion_timestamp:
+                    return found
+            except client.ApiException as error:
+                if error.status != 404:
+                    raise
+            time.sleep(2)
+        pytest.fail(f"relay pod {pod} not Ready after {timeout}s\n{self.describe()}")
+
+    def hook_log(self) -> str:
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector="app.kubernetes.io/component=hook").items
+        return "\n".join(self.core.read_namespaced_pod_log(p.metadata.name, self.namespace) for p in pods)
+
+    def describe(self) -> str:
+        """Pod states and recent events, for failure messages."""
+        lines = []
+        for pod in self.core.list_namespaced_pod(self.namespace).items:
+            states = [(s.name, s.ready, s.state.waiting.reason if s.state.waiting else "") for s in pod.status.container_statuses or []]
+            lines.append(f"pod {pod.metadata.name}: {pod.status.phase} {states}")
+        for event in self.core.list_namespaced_event(self.namespace).items[-15:]:
+            lines.append(f"event {event.involved_object.kind}/{event.involved_object.name}: {event.reason} {event.message}")
+        return "\n".join(lines)
+
+    def udp_ports_bound(self, pod: str) -> set[int]:
+        """UDP ports bound in the pod's network namespace, read from an ephemeral container of the hook image."""
+        name = f"udp-check-{int(time.time())}"
+        hook_image = os.environ["HOOK_IMAGE"]
+        debug = {"name": name, "image": hook_image, "command": ["sleep", "300"], "imagePullPolicy": "IfNotPresent",
+                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                     "runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}}
+        self.core.patch_namespaced_pod_ephemeralcontainers(pod, self.namespace, {"spec": {"ephemeralContainers": [debug]}})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            statuses = self.core.read_namespaced_pod(pod, self.namespace).status.ephemeral_container_statuses or []
+            if any(s.name == name and s.state.running for s in statuses):
+                break
+            time.sleep(1)
+        table = self.exec(pod, ["cat", "/proc/net/udp", "/proc/net/udp6"], container=name)
+        ports = set()
+        for line in table.splitlines():
+            fields = line.split()
+            if len(fields) > 2 and ":" in fields[1] and fields[0].rstrip(":").isdigit():
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        return ports
