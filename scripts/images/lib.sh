@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the names below are used by the scripts that source this
 # Shared helpers for scripts/images/* (sourced, not run).
 #
 # Everything built lands in $CACHE/images/<what>-<version>-<hash>/, where the
