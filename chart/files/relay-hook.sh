@@ -31,7 +31,8 @@ wait_until() {
   done
 }
 
-# Extra detail for a timeout, set by the step that is waiting.
+# Extra detail for a timeout, redefined by the step that is waiting.
+# shellcheck disable=SC2329 # called by wait_until
 timeout_hint() { :; }
 
 k() { kubectl --namespace "$NAMESPACE" "$@"; }
@@ -43,11 +44,12 @@ in_relay() {
 }
 
 # Sorted, lower-case, one per line: the form in which endpoint lists are compared.
-normalize() { printf '%s\n' "$1" | tr ',' '\n' | tr 'A-Z' 'a-z' | sed '/^$/d' | sort; }
+normalize() { printf '%s\n' "$1" | tr ',' '\n' | tr '[:upper:]' '[:lower:]' | sed '/^$/d' | sort; }
 
 statefulset_observed() {
   out=$(k get statefulset "$FULLNAME" \
     -o jsonpath='{.metadata.generation} {.status.observedGeneration} {.status.updateRevision}' 2>/dev/null) || return 1
+  # shellcheck disable=SC2086 # split the jsonpath answer into words
   set -- $out
   [ "$#" -eq 3 ] && [ "$1" = "$2" ] && revision="$3"
 }
@@ -56,6 +58,7 @@ statefulset_observed() {
 # so an upgrade is applied to the new pod, not to the one being replaced.
 pod_ready() {
   out=$(k get pod "$1" -o jsonpath='{.metadata.labels.controller-revision-hash} {.status.conditions[?(@.type=="Ready")].status} {.metadata.deletionTimestamp}' 2>/dev/null) || return 1
+  # shellcheck disable=SC2086 # split the jsonpath answer into words
   set -- $out
   [ "$#" -eq 2 ] && [ "$1" = "$revision" ] && [ "$2" = "True" ]
 }
