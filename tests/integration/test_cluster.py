@@ -30,7 +30,7 @@ def test_nodes_are_dual_stack(core):
     for node in core.list_node().items:
         internal = [a.address for a in node.status.addresses if a.type == "InternalIP"]
         assert families(internal) == {4, 6}, f"{node.metadata.name} InternalIPs: {internal}"
-        cidrs = node.spec.pod_cid_rs or []
+        cidrs = node.spec.pod_cidrs or []
         assert {ipaddress.ip_network(c).version for c in cidrs} == {4, 6}, \
             f"{node.metadata.name} podCIDRs: {cidrs}"
 
@@ -65,7 +65,7 @@ def test_dual_stack_loadbalancer_gets_both_families(core, namespace):
         ),
     )
     created = core.create_namespaced_service(namespace, svc)
-    assert families(created.spec.cluster_i_ps) == {4, 6}, f"clusterIPs: {created.spec.cluster_i_ps}"
+    assert families(created.spec.cluster_ips) == {4, 6}, f"clusterIPs: {created.spec.cluster_ips}"
 
     deadline = time.monotonic() + 120
     ingress = []
