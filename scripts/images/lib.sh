@@ -6,6 +6,9 @@
 # directories and image labels exist, and a version bump in
 # scripts/versions.env rebuilds only what depends on it.
 
+# errexit also inside $(...): the build steps report their output directory that way
+shopt -s inherit_errexit
+
 IMAGES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$IMAGES_DIR/../.." && pwd)"
 # shellcheck source=../versions.env
@@ -52,7 +55,7 @@ need_kind() { [[ -n "$KIND" && -x "$KIND" ]] || die "kind not found (run scripts
 # otherwise scripts/images/build kubectl builds one.
 find_kubectl() {
   local d
-  for d in "$CACHE"/bin/kubernetes-"$KUBERNETES_VERSION"-*/ "$ICACHE"/kubectl-"$KUBERNETES_VERSION"-*/; do
+  for d in "$CACHE"/bin/kubernetes-"$KUBERNETES_VERSION"-*/ "$ICACHE"/bin/kubectl-"$KUBERNETES_VERSION"-*/; do
     if [[ -f "$d/.done" && -x "$d/kubectl" ]]; then
       echo "${d%/}/kubectl"
       return 0
