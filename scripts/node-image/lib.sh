@@ -5,8 +5,9 @@
 # run reuses it and a version bump rebuilds only what changed.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck disable=SC2034  # used by the scripts that source this file
 NODE_DIR="$ROOT/scripts/node-image"
-# shellcheck source=../versions.env
+# shellcheck source=scripts/versions.env
 source "$ROOT/scripts/versions.env"
 CACHE="${TSRELAY_CACHE:-$HOME/.cache/tailscale-relay-chart}"
 mkdir -p "$CACHE"
