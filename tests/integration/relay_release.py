@@ -92,10 +92,10 @@ class Release:
         endpoints = self.tailscale(pod, "get", "relay-server-static-endpoints")
         return port, {e for e in endpoints.split(",") if e}
 
-    def node_identity(self, pod: str) -> tuple[str, list[str]]:
+    def node_identity(self, pod: str) -> tuple[str, tuple[str, ...]]:
         """The node's public key and tailnet addresses."""
         status = json.loads(self.tailscale(pod, "status", "--json"))
-        return status["Self"]["PublicKey"], sorted(status["Self"]["TailscaleIPs"])
+        return status["Self"]["PublicKey"], tuple(sorted(status["Self"]["TailscaleIPs"]))
 
     def service_endpoints(self, index: int, port: int) -> set[str]:
         service = self.core.read_namespaced_service(self.pod(index), self.namespace)

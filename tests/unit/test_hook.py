@@ -15,9 +15,10 @@ def hook_job(values=None):
     return one(render(values), "Job", f"{FULLNAME}-hook")
 
 
-def test_hook_runs_after_install_and_upgrade_and_cleans_up():
+def test_hook_runs_after_install_upgrade_and_rollback_and_cleans_up():
     annotations = hook_job()["metadata"]["annotations"]
-    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    # helm rollback runs only rollback hooks: without post-rollback, a rollback keeps the newer settings.
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade,post-rollback"
     assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
     assert annotations["helm.sh/hook-weight"] == "5"
     assert hook_job({"hook": {"weight": -3}})["metadata"]["annotations"]["helm.sh/hook-weight"] == "-3"
