@@ -24,8 +24,9 @@ wait_until() {
   what="$1"; shift
   until "$@"; do
     if [ "$(date +%s)" -ge "$deadline" ]; then
+      cause=""
       timeout_hint
-      fail "timed out after ${TIMEOUT_SECONDS}s waiting for $what"
+      fail "timed out after ${TIMEOUT_SECONDS}s waiting for $what${cause:+; the relay says: $cause}"
     fi
     sleep 2
   done
@@ -63,9 +64,14 @@ pod_ready() {
   [ "$#" -eq 2 ] && [ "$1" = "$revision" ] && [ "$2" = "True" ]
 }
 
+# Shows the end of the relay's log and picks its last complaint (a bad auth key, say) as the cause.
 pod_log_hint() {
+  relay_log=$(k logs "$pod" -c "$CONTAINER" --tail=40 2>&1) || true
   log "last lines of the relay log of $pod:"
-  k logs "$pod" -c "$CONTAINER" --tail=15 2>&1 | sed 's/^/    /' || true
+  printf '%s\n' "$relay_log" | grep -v RATELIMIT | tail -n 15 | sed 's/^/    /'
+  cause=$(printf '%s\n' "$relay_log" | grep -v RATELIMIT |
+    grep -iE 'error|invalid|denied|not found|expired|unauthori[sz]ed|forbidden|failed' | tail -n 1 |
+    sed -E 's/^[0-9]{4}\/[0-9]{2}\/[0-9]{2} [0-9:.]+ //') || true
 }
 
 # service_endpoints SERVICE: sets $endpoints from the LoadBalancer ingress IPs, both families.

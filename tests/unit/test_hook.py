@@ -175,11 +175,17 @@ def test_script_times_out_naming_the_service_it_waited_for(tmp_path):
 
 
 def test_script_times_out_naming_the_pod_and_showing_its_log(tmp_path):
-    run = HookRun(tmp_path, {}, world_with(ready=False, log="invalid key: unable to validate API key"))
+    log = "\n".join(["2026/11/28 06:52:11 control: doLogin(regen=true, hasUrl=false)",
+                     "2026/11/28 06:52:11 Received error: invalid key: unable to validate API key",
+                     '2026/11/28 06:52:11 [RATELIMIT] format("Received error: %v")',
+                     "2026/11/28 06:52:12 control: Generating a new nodekey."])
+    run = HookRun(tmp_path, {}, world_with(ready=False, log=log))
     result = run(timeout=3)
     assert result.returncode == 1
-    assert f"waiting for relay pod {FULLNAME}-0 to be Ready" in result.stdout
-    assert "invalid key: unable to validate API key" in result.stdout
+    assert "control: Generating a new nodekey." in result.stdout, "the end of the relay log is shown"
+    failure = result.stdout.strip().splitlines()[-1]
+    assert f"waiting for relay pod {FULLNAME}-0 to be Ready" in failure
+    assert failure.endswith("; the relay says: Received error: invalid key: unable to validate API key"), failure
 
 
 def test_script_ignores_a_pod_from_the_previous_revision(tmp_path):
