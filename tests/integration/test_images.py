@@ -181,25 +181,3 @@ def test_hook_image_has_shell_tools_and_kubectl(kube, settings, namespace):
                   and core.read_namespaced_pod("hook", namespace).status.phase, timeout=120)
     logs = _logs(kube, namespace, "hook")
     assert phase == "Succeeded" and "hook-ok" in logs, logs
-
-
-def test_metallb_gives_dual_stack_udp_loadbalancer(kube, namespace):
-    core = kube.CoreV1Api()
-    core.create_namespaced_service(namespace, kube.V1Service(
-        metadata=kube.V1ObjectMeta(name="relay-lb"),
-        spec=kube.V1ServiceSpec(
-            type="LoadBalancer",
-            ip_family_policy="RequireDualStack",
-            ip_families=["IPv4", "IPv6"],
-            selector={"app": "none"},
-            ports=[kube.V1ServicePort(name="relay", protocol="UDP", port=61441, target_port=61441)],
-        ),
-    ))
-
-    def ingress():
-        lb = core.read_namespaced_service("relay-lb", namespace).status.load_balancer
-        ips = [i.ip for i in (lb.ingress or []) if i.ip]
-        return ips if len(ips) == 2 else None
-
-    ips = _wait("two LoadBalancer addresses", ingress, timeout=90)
-    assert sorted(ipaddress.ip_address(i).version for i in ips) == [4, 6], ips
