@@ -70,6 +70,17 @@ def helm_text(values: dict | None = None, *, helm: str = HELM, with_auth: bool =
     return result.stdout
 
 
+def value_paths(values: dict, prefix: str = ""):
+    """Dotted paths of values.yaml's settings. Maps that are one setting (resources, security contexts) stay whole,
+    as helm-docs documents them in one row."""
+    for key, value in values.items():
+        path = prefix + key
+        if isinstance(value, dict) and value and not key.endswith(("resources", "ecurityContext")):
+            yield from value_paths(value, path + ".")
+        else:
+            yield path
+
+
 def render(values: dict | None = None, **kwargs) -> list[dict]:
     """Renders the chart (with a default auth key unless with_auth=False) into a list of manifests."""
     return [doc for doc in yaml.safe_load_all(helm_text(values, **kwargs)) if doc]

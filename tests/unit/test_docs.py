@@ -3,7 +3,7 @@ import subprocess
 
 import yaml
 
-from chart_render import CHART, REPO
+from chart_render import CHART, REPO, value_paths
 
 README = REPO / "README.md"
 REGENERATE = "(cd chart && ../.tools/bin/helm-docs --chart-search-root . --template-files ../README.md.gotmpl --output-file ../README.md)"
@@ -23,17 +23,6 @@ def test_readme_values_table_matches_values_yaml(tool):
     assert generated_readme(tool) == README.read_text(), f"README.md is stale: regenerate it with {REGENERATE}"
 
 
-def leaf_keys(values, prefix=""):
-    for key, value in values.items():
-        path = f"{prefix}{key}"
-        # helm-docs documents a commented map as one row; recurse only into maps without their own row.
-        if isinstance(value, dict) and value and not key.endswith(("resources", "SecurityContext", "securityContext")) \
-                and path not in ("hook.resources",):
-            yield from leaf_keys(value, path + ".")
-        else:
-            yield path
-
-
 def test_every_value_has_a_described_row():
     rows = {}
     for line in README.read_text().splitlines():
@@ -41,6 +30,6 @@ def test_every_value_has_a_described_row():
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows[cells[0]] = cells[-1]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    for key in leaf_keys(values):
+    for key in value_paths(values):
         assert key in rows, f"{key} is not in README's values table: add a '# --' comment above it in values.yaml"
         assert rows[key], f"{key} has no description: add a '# --' comment above it in values.yaml"

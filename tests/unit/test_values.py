@@ -1,0 +1,101 @@
+"""Every value in values.yaml changes the rendered manifests: none is silently ignored."""
+import pytest
+import yaml
+
+from chart_render import CHART, deep_merge, helm_text, value_paths
+
+TAGS = {"tailscale": {"tags": ["tag:relay"]}}
+EXISTING = {"auth": {"authKey": "", "existingSecret": "ts-auth"}}
+OAUTH = {"auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "secret"}}, **TAGS}
+OAUTH_EXISTING = {"auth": {"authKey": "", "oauth": {"existingSecret": "oauth"}}, **TAGS}
+MONITOR = {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}}}
+MONITOR_ARGS = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+
+# value path -> (context values, the change, extra helm args)
+CHANGES = {
+    "nameOverride": ({}, {"nameOverride": "edge"}),
+    "fullnameOverride": ({}, {"fullnameOverride": "edge-relay"}),
+    "replicaCount": ({}, {"replicaCount": 2}),
+    "image.repository": ({}, {"image": {"repository": "registry.example/tailscale"}}),
+    "image.tag": ({}, {"image": {"tag": "v1.100.0"}}),
+    "image.digest": ({}, {"image": {"digest": "sha256:" + "c" * 64}}),
+    "image.pullPolicy": ({}, {"image": {"pullPolicy": "Always"}}),
+    "imagePullSecrets": ({}, {"imagePullSecrets": [{"name": "regcred"}]}),
+    "relay.port": ({}, {"relay": {"port": 61441}}),
+    "relay.staticEndpoints": ({}, {"relay": {"staticEndpoints": ["192.0.2.1:40000"]}}),
+    "tailscale.hostname": ({}, {"tailscale": {"hostname": "edge"}}),
+    "tailscale.tags": ({}, TAGS),
+    "tailscale.loginServer": ({}, {"tailscale": {"loginServer": "https://hs.example"}}),
+    "tailscale.extraArgs": ({}, {"tailscale": {"extraArgs": ["--advertise-connector"]}}),
+    "tailscale.daemonExtraArgs": ({}, {"tailscale": {"daemonExtraArgs": ["--verbose=1"]}}),
+    "tailscale.userspace": ({}, {"tailscale": {"userspace": False}}),
+    "tailscale.acceptDNS": ({}, {"tailscale": {"acceptDNS": True}}),
+    "auth.authKey": ({}, {"auth": {"authKey": "tskey-auth-other"}}),
+    "auth.existingSecret": (EXISTING, {"auth": {"existingSecret": "other"}}),
+    "auth.existingSecretKey": (EXISTING, {"auth": {"existingSecretKey": "key"}}),
+    "auth.oauth.clientId": (OAUTH, {"auth": {"oauth": {"clientId": "other"}}}),
+    "auth.oauth.clientSecret": (OAUTH, {"auth": {"oauth": {"clientSecret": "other"}}}),
+    "auth.oauth.existingSecret": (OAUTH_EXISTING, {"auth": {"oauth": {"existingSecret": "other"}}}),
+    "auth.oauth.clientIdKey": (OAUTH_EXISTING, {"auth": {"oauth": {"clientIdKey": "id"}}}),
+    "auth.oauth.clientSecretKey": (OAUTH_EXISTING, {"auth": {"oauth": {"clientSecretKey": "secret"}}}),
+    "service.type": ({"relay": {"staticEndpoints": ["192.0.2.1:30001"]}}, {"service": {"type": "NodePort"}}),
+    "service.annotations": ({}, {"service": {"annotations": {"a": "b"}}}),
+    "service.labels": ({}, {"service": {"labels": {"a": "b"}}}),
+    "service.loadBalancerClass": ({}, {"service": {"loadBalancerClass": "example.com/lb"}}),
+    "service.loadBalancerSourceRanges": ({}, {"service": {"loadBalancerSourceRanges": ["10.0.0.0/8"]}}),
+    "service.externalTrafficPolicy": ({}, {"service": {"externalTrafficPolicy": "Cluster"}}),
+    "service.ipFamilyPolicy": ({}, {"service": {"ipFamilyPolicy": "PreferDualStack"}}),
+    "service.ipFamilies": ({}, {"service": {"ipFamilies": ["IPv6"]}}),
+    "service.nodePort": ({}, {"service": {"nodePort": 30001}}),
+    "hook.image.repository": ({}, {"hook": {"image": {"repository": "example/kubectl"}}}),
+    "hook.image.tag": ({}, {"hook": {"image": {"tag": "1.33.0"}}}),
+    "hook.image.digest": ({}, {"hook": {"image": {"digest": "sha256:" + "d" * 64}}}),
+    "hook.image.pullPolicy": ({}, {"hook": {"image": {"pullPolicy": "Never"}}}),
+    "hook.timeoutSeconds": ({}, {"hook": {"timeoutSeconds": 60}}),
+    "hook.weight": ({}, {"hook": {"weight": 1}}),
+    "hook.resources": ({}, {"hook": {"resources": {"limits": {"memory": "64Mi"}}}}),
+    "hook.podAnnotations": ({}, {"hook": {"podAnnotations": {"a": "b"}}}),
+    "serviceAccount.create": ({"serviceAccount": {"name": "mine"}}, {"serviceAccount": {"create": False}}),
+    "serviceAccount.name": ({}, {"serviceAccount": {"name": "mine"}}),
+    "serviceAccount.annotations": ({}, {"serviceAccount": {"annotations": {"a": "b"}}}),
+    "rbac.create": ({}, {"rbac": {"create": False}}),
+    "health.enabled": ({}, {"health": {"enabled": False}}),
+    "health.port": ({}, {"health": {"port": 9100}}),
+    "metrics.enabled": ({}, {"metrics": {"enabled": True}}),
+    "metrics.serviceMonitor.enabled": ({"metrics": {"enabled": True}}, {"metrics": {"serviceMonitor": {"enabled": True}}}),
+    "metrics.serviceMonitor.interval": (MONITOR, {"metrics": {"serviceMonitor": {"interval": "1m"}}}),
+    "metrics.serviceMonitor.labels": (MONITOR, {"metrics": {"serviceMonitor": {"labels": {"release": "prom"}}}}),
+    "commonLabels": ({}, {"commonLabels": {"team": "net"}}),
+    "podAnnotations": ({}, {"podAnnotations": {"a": "b"}}),
+    "podLabels": ({}, {"podLabels": {"a": "b"}}),
+    "podSecurityContext": ({}, {"podSecurityContext": {"runAsUser": 2000}}),
+    "securityContext": ({}, {"securityContext": {"runAsGroup": 3000}}),
+    "resources": ({}, {"resources": {"limits": {"memory": "512Mi"}}}),
+    "readinessProbe.initialDelaySeconds": ({}, {"readinessProbe": {"initialDelaySeconds": 10}}),
+    "readinessProbe.periodSeconds": ({}, {"readinessProbe": {"periodSeconds": 30}}),
+    "readinessProbe.failureThreshold": ({}, {"readinessProbe": {"failureThreshold": 9}}),
+    "extraEnv": ({}, {"extraEnv": [{"name": "A", "value": "b"}]}),
+    "nodeSelector": ({}, {"nodeSelector": {"a": "b"}}),
+    "tolerations": ({}, {"tolerations": [{"operator": "Exists"}]}),
+    "affinity": ({}, {"affinity": {"podAntiAffinity": {}}}),
+    "topologySpreadConstraints": ({}, {"topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]}),
+    "priorityClassName": ({}, {"priorityClassName": "high"}),
+    "terminationGracePeriodSeconds": ({}, {"terminationGracePeriodSeconds": 5}),
+    "test.enabled": ({}, {"test": {"enabled": False}}),
+}
+
+
+def test_every_value_has_a_case():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = sorted(set(value_paths(values)) - set(CHANGES))
+    assert not missing, f"add a case to CHANGES for {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(CHANGES))
+def test_value_changes_the_render(path):
+    context, change = CHANGES[path]
+    args = MONITOR_ARGS if path.startswith("metrics.serviceMonitor") else ()
+    before = helm_text(context, args=args)
+    after = helm_text(deep_merge(context, change), args=args)
+    assert before != after, f"setting {path} changes nothing in the rendered chart"
