@@ -78,6 +78,7 @@ def test_misspelt_keys_fail(values, where):
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"image": {"digest": "md5:abc"}}, "/image/digest"),
         ({"hook": {"timeoutSeconds": 1}}, "/hook/timeoutSeconds"),
+        ({"hook": {"image": {"tag": ""}}}, "/hook/image/tag"),
     ],
 )
 def test_wrong_types_ranges_and_enums_fail(values, where):
