@@ -47,24 +47,27 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def _values_file(values: dict) -> str:
-    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    with handle:
-        json.dump(values, handle)
-    return handle.name
-
-
-def helm_text(values: dict | None = None, *, helm: str = HELM, with_auth: bool = True, args: tuple = ()) -> str:
-    """Runs `helm template` and returns its output; raises RenderError with helm's message."""
-    merged = deep_merge(AUTH, values or {}) if with_auth else (values or {})
-    path = _values_file(merged)
+def run_helm(*args: str, values: dict | None = None, helm: str = HELM, timeout: int | None = None):
+    """Runs helm with ARGS (plus --values for VALUES, written to a temporary file) and returns the result."""
+    command = [helm, *args]
+    path = None
+    if values is not None:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+            json.dump(values, handle)
+        path = handle.name
+        command += ["--values", path]
     try:
-        result = subprocess.run(
-            [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", path, *args],
-            capture_output=True, text=True, env={**os.environ, "HELM_CACHE_HOME": tempfile.gettempdir() + "/helm-cache"},
-        )
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "HELM_CACHE_HOME": tempfile.gettempdir() + "/helm-cache"})
     finally:
-        os.unlink(path)
+        if path:
+            os.unlink(path)
+
+
+def helm_text(values: dict | None = None, *, helm: str = HELM, args: tuple = ()) -> str:
+    """Runs `helm template` (with the default auth key) and returns its output; raises RenderError with helm's message."""
+    result = run_helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args,
+                      values=deep_merge(AUTH, values or {}), helm=helm)
     if result.returncode != 0:
         raise RenderError(result.stderr.strip())
     return result.stdout
@@ -82,21 +85,14 @@ def value_paths(values: dict, prefix: str = ""):
 
 
 def render(values: dict | None = None, **kwargs) -> list[dict]:
-    """Renders the chart (with a default auth key unless with_auth=False) into a list of manifests."""
+    """Renders the chart (with the default auth key) into a list of manifests."""
     return [doc for doc in yaml.safe_load_all(helm_text(values, **kwargs)) if doc]
 
 
 def notes(values: dict | None = None) -> str:
     """The NOTES.txt a user sees after `helm install`."""
-    path = _values_file(deep_merge(AUTH, values or {}))
-    try:
-        result = subprocess.run(
-            [HELM, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", path,
-             "--dry-run=client", "--output", "json"],
-            capture_output=True, text=True,
-        )
-    finally:
-        os.unlink(path)
+    result = run_helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", "--output", "json",
+                      values=deep_merge(AUTH, values or {}))
     if result.returncode != 0:
         raise RenderError(result.stderr.strip())
     return json.loads(result.stdout)["info"]["notes"]

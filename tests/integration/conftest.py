@@ -48,3 +48,11 @@ def namespace(core):
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture
+def release(kube_api, namespace):
+    """The chart's release helper for this test's namespace (tests/integration/relay_release.py)."""
+    from relay_release import Release
+
+    return Release(kube_api, namespace)

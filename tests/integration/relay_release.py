@@ -5,14 +5,13 @@ import ipaddress
 import json
 import os
 import subprocess
-import tempfile
 import time
 
 import pytest
 from kubernetes import client
 from kubernetes.stream import stream
 
-from chart_render import CHART, HELM, deep_merge
+from chart_render import CHART, deep_merge, run_helm
 
 ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
 REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "HOOK_IMAGE")
@@ -44,26 +43,21 @@ class Release:
         self.name = name
         self.fullname = f"{name}-tailscale-peer-relay"
 
-    def helm(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-        result = subprocess.run([HELM, *args, "--namespace", self.namespace], capture_output=True, text=True,
-                                timeout=timeout)
+    def helm(self, *args: str, values: dict | None = None, check: bool = True,
+             timeout: int = 600) -> subprocess.CompletedProcess:
+        """Runs helm in the release's namespace; VALUES are merged over the cluster's images and credentials."""
+        merged = deep_merge(cluster_values(), values) if values is not None else None
+        result = run_helm(*args, "--namespace", self.namespace, values=merged, timeout=timeout)
         if check and result.returncode != 0:
             pytest.fail(f"helm {' '.join(args[:2])} failed:\n{result.stdout}\n{result.stderr}\n{self.describe()}")
         return result
 
-    def _values_args(self, values: dict) -> list[str]:
-        handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-        with handle:
-            json.dump(deep_merge(cluster_values(), values), handle)
-        return ["--values", handle.name]
-
     def install(self, values: dict | None = None, check: bool = True, wait: bool = True, timeout: str = "5m"):
-        args = ["install", self.name, str(CHART), *self._values_args(values or {}), "--timeout", timeout]
-        return self.helm(*args, *(["--wait"] if wait else []), check=check)
+        return self.helm("install", self.name, str(CHART), "--timeout", timeout, *(["--wait"] if wait else []),
+                         values=values or {}, check=check)
 
     def upgrade(self, values: dict | None = None, check: bool = True):
-        return self.helm("upgrade", self.name, str(CHART), *self._values_args(values or {}), "--wait",
-                         "--timeout", "5m", check=check)
+        return self.helm("upgrade", self.name, str(CHART), "--wait", "--timeout", "5m", values=values or {}, check=check)
 
     def rollback(self, revision: int):
         return self.helm("rollback", self.name, str(revision), "--wait", "--timeout", "5m")

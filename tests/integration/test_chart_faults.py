@@ -3,14 +3,8 @@ import time
 
 import pytest
 
-from relay_release import Release
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def release(kube_api, namespace):
-    return Release(kube_api, namespace)
 
 
 def test_a_load_balancer_that_never_answers_fails_the_hook_in_time(release):

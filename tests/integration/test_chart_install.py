@@ -1,7 +1,6 @@
 """One `helm install` on a real cluster gives configured relays; helm test agrees."""
 import pytest
 
-from relay_release import Release
 
 pytestmark = pytest.mark.integration
 
@@ -9,11 +8,6 @@ SEED = {
     "relay": {"port": 61441},
     "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6", "IPv4"]},
 }
-
-
-@pytest.fixture
-def release(kube_api, namespace):
-    return Release(kube_api, namespace)
 
 
 def test_seed_setup_is_configured_by_one_install(release):

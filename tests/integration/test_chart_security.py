@@ -5,14 +5,8 @@ import pytest
 from kubernetes import client
 from pytest_helm_charts.k8s.stateful_set import wait_for_stateful_sets_to_run
 
-from relay_release import Release
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def release(kube_api, namespace):
-    return Release(kube_api, namespace)
 
 
 def test_every_pod_is_admitted_under_restricted_pod_security(release, kube_cluster):

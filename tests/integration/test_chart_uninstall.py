@@ -2,13 +2,11 @@
 import pytest
 from kubernetes import client
 
-from relay_release import Release
 
 pytestmark = pytest.mark.integration
 
 
-def test_uninstall_keeps_only_the_state_secrets(kube_api, namespace):
-    release = Release(kube_api, namespace)
+def test_uninstall_keeps_only_the_state_secrets(release, namespace):
     release.install({"replicaCount": 2})
     release.uninstall()
     selector = "app.kubernetes.io/instance=relay"

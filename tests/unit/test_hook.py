@@ -4,7 +4,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from chart_render import FULLNAME, REPO, env_of, one, render
 
