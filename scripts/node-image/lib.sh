@@ -12,8 +12,18 @@ source "$ROOT/scripts/versions.env"
 CACHE="${TSRELAY_CACHE:-$HOME/.cache/tailscale-relay-chart}"
 mkdir -p "$CACHE"
 
+# A caller captures these scripts' standard output as their answer (an image
+# name, NAME=DIR lines), so only `answer` writes there; everything else, from
+# logs to what docker, debootstrap and go print, goes to standard error.
+exec {ANSWER_FD}>&1 1>&2
+answer() { echo "$@" >&"$ANSWER_FD"; }
+
 log() { echo "${LOG_PREFIX:-node-image}: $*" >&2; }
 die() { echo "${LOG_PREFIX:-node-image}: error: $*" >&2; exit 1; }
+
+# need_command COMMAND PACKAGE: fail with the reason instead of installing it
+# here (apt-get from two parallel builds races on dpkg's lock)
+need_command() { command -v "$1" >/dev/null || die "$1 is missing: run scripts/debian-packages (installs $2)"; }
 
 # short_hash FILE... -> 12 hex chars over the files' contents
 short_hash() { cat "$@" | sha256sum | cut -c1-12; }
