@@ -34,6 +34,13 @@ HEADSCALE_CONTAINER="$CLUSTER_NAME-headscale"
 HEADSCALE_USER="relay-test"
 HEADSCALE_PORT=8080
 
+# The tailnet in a box (scripts/images/tailnet): a "LAN device" (a tailnet client
+# in a docker container on the kind network, outside the cluster) and a
+# "workload" (a tailnet node in its own pod), as in the write-up.
+LAN_CLIENT_CONTAINER="$CLUSTER_NAME-lan-client"
+WORKLOAD_NAMESPACE="tailnet-workload"
+WORKLOAD_NODE="workload"
+
 log() { echo "${LOG_PREFIX:-images}: $*" >&2; }
 die() { echo "${LOG_PREFIX:-images}: error: $*" >&2; exit 1; }
 
@@ -87,6 +94,13 @@ headscale_addrs() { # -> "IPV4 IPV6" (IPV6 empty on a single-stack network)
   echo "$v4 $v6"
 }
 
+# metallb_ranges -> one "FIRST-LAST" range per kind subnet: the 48 addresses at
+# -64..-17 (Headscale sits at -6), from which MetalLB hands out LoadBalancer IPs
+metallb_ranges() {
+  local sub
+  for sub in $(kind_net_subnets); do echo "$(addr_in "$sub" -64)-$(addr_in "$sub" -17)"; done
+}
+
 # What pods (and this host) use to reach Headscale.
 headscale_url() { local a; a="$(headscale_addrs)"; echo "http://${a%% *}:$HEADSCALE_PORT"; }
 
@@ -94,6 +108,17 @@ hs() { docker exec "$HEADSCALE_CONTAINER" headscale "$@"; }
 
 headscale_running() {
   [[ "$(docker inspect -f '{{.State.Running}}' "$HEADSCALE_CONTAINER" 2>/dev/null)" == true ]]
+}
+
+# new_authkey [TAGS]: a fresh reusable pre-auth key (24h) of the test user, tagged with TAGS
+new_authkey() {
+  local uid key
+  uid="$(headscale_user_id)"
+  key="$(hs preauthkeys create --reusable --expiration 24h -u "$uid" ${1:+--tags "$1"} -o json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')" ||
+    die "headscale could not create a pre-auth key"
+  [[ -n "$key" ]] || die "headscale returned an empty pre-auth key"
+  echo "$key"
 }
 
 # headscale_user_id -> id of $HEADSCALE_USER (created if missing)

@@ -17,11 +17,19 @@ ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
 REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "HOOK_IMAGE")
 
 
+def unavailable(reason: str):
+    """The cluster or its settings are missing: a skip when someone runs the suite without a cluster, a failure when
+    the run requires one (REQUIRE_CLUSTER=1: set by scripts/test after it brought the cluster up, and so in CI)."""
+    if os.environ.get("REQUIRE_CLUSTER") == "1":
+        pytest.fail(f"{reason} although this run requires the cluster (REQUIRE_CLUSTER=1): {ENV_HINT}")
+    pytest.skip(f"{reason}: {ENV_HINT}")
+
+
 def cluster_values() -> dict:
     """Values that point the chart at this cluster's images and control server."""
     missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
     if missing:
-        pytest.skip(f"{', '.join(missing)} unset: {ENV_HINT}")
+        unavailable(f"{', '.join(missing)} unset")
     relay_repo, relay_tag = os.environ["RELAY_IMAGE"].rsplit(":", 1)
     hook_repo, hook_tag = os.environ["HOOK_IMAGE"].rsplit(":", 1)
     return {
@@ -29,6 +37,8 @@ def cluster_values() -> dict:
         "hook": {"image": {"repository": hook_repo, "tag": hook_tag}, "timeoutSeconds": 120},
         "auth": {"authKey": os.environ["AUTHKEY"]},
         "tailscale": {"loginServer": os.environ["LOGIN_SERVER"]},
+        # The test Headscale's embedded DERP server speaks plain HTTP; the relay needs DERP to receive allocations.
+        "extraEnv": [{"name": "TS_DEBUG_USE_DERP_HTTP", "value": "1"}],
     }
 
 

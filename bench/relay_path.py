@@ -1,0 +1,215 @@
+"""Benchmark of the path from the LAN device to the workload pod: via DERP, via the chart's relay, and direct.
+
+Run with scripts/bench (it brings up the cluster and the tailnet in a box). Writes bench/results.json and
+bench/rtt.png. It measures and records; it asserts nothing (tests/integration/test_relay_path.py does).
+
+  1. DERP: no relay installed, the LAN device's firewall closed (UDP only to Headscale and the LoadBalancer ranges).
+  2. helm install with the write-up's settings: pings until the first relayed pong, and seconds since `helm install`.
+  3. relay: the same pings, relayed; the relay pod's memory idle, and memory and CPU under iperf3 traffic.
+  4. direct: the firewall opened, the physical baseline; iperf3 again.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
+
+from kubernetes import client, config  # noqa: E402
+
+from chart_render import versions  # noqa: E402
+from relay_release import Release  # noqa: E402
+from tailnet import Tailnet  # noqa: E402
+
+NAMESPACE = "relay-bench"
+PORT = 61441
+SEED = {"relay": {"port": PORT}, "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}}
+NODE = f"{os.environ.get('KIND_CLUSTER_NAME', versions()['CLUSTER_NAME'])}-control-plane"
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def summary(pongs) -> dict:
+    rtts = [p.rtt_ms for p in pongs]
+    return {"count": len(rtts), "median_ms": round(statistics.median(rtts), 3), "p95_ms": round(percentile(rtts, 0.95), 3),
+            "min_ms": round(min(rtts), 3), "max_ms": round(max(rtts), 3), "vias": sorted({p.via for p in pongs}),
+            "rtts_ms": rtts}
+
+
+def measure(net: Tailnet, path: str, count: int) -> dict:
+    """COUNT pongs that all took PATH (pongs on another path, e.g. while a path is re-established, are dropped)."""
+    pongs = []
+    while len(pongs) < count:
+        batch = net.ping(min(50, count - len(pongs)))
+        kept = [p for p in batch if p.path == path]
+        if len(kept) < len(batch):
+            log(f"{path}: dropped {len(batch) - len(kept)} pongs on other paths ({sorted({p.via for p in batch})})")
+        pongs += kept
+    log(f"{path}: {count} pongs, median {statistics.median(p.rtt_ms for p in pongs):.2f}ms")
+    return summary(pongs)
+
+
+def crictl_stats(pod: str, namespace: str) -> dict:
+    """CPU (core-nanoseconds, cumulative) and working-set memory of a pod's tailscale container, from the kind node."""
+    cid = subprocess.run(["docker", "exec", NODE, "crictl", "ps", "-q", "--name", "^tailscale$",
+                          "--label", f"io.kubernetes.pod.name={pod}", "--label", f"io.kubernetes.pod.namespace={namespace}"],
+                         capture_output=True, text=True, check=True).stdout.split()[0]
+    stats = json.loads(subprocess.run(["docker", "exec", NODE, "crictl", "stats", "-o", "json", "--id", cid],
+                                      capture_output=True, text=True, check=True).stdout)["stats"][0]
+    return {"cid": cid, "cpu_ns": int(stats["cpu"]["usageCoreNanoSeconds"]["value"]),
+            "memory_bytes": int(stats["memory"]["workingSetBytes"]["value"]), "at": time.monotonic()}
+
+
+def host_pid(container_id: str) -> int:
+    """A host PID of a process in the container CONTAINER_ID (a pod's container inside the kind node)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if container_id in (entry / "cgroup").read_text():
+                    return int(entry.name)
+            except OSError:
+                continue
+    raise RuntimeError(f"no process of container {container_id} found in /proc")
+
+
+def iperf(net: Tailnet, workload_ip: str, server_pid: int, seconds: int, relay: Release | None) -> dict:
+    """iperf3 from the LAN device to the workload over the tailnet (server in the workload pod's network namespace,
+    reached through its tailscaled), sampling the relay's CPU and memory meanwhile."""
+    server = subprocess.Popen(["nsenter", "-t", str(server_pid), "-n", "iperf3", "-s", "-1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    before = crictl_stats(relay.pod(0), relay.namespace) if relay else None
+    lan_pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", net.lan], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    result = subprocess.run(["nsenter", "-t", lan_pid, "-n", "iperf3", "-c", workload_ip, "-t", str(seconds), "-J"],
+                            capture_output=True, text=True, timeout=seconds + 60)
+    after = crictl_stats(relay.pod(0), relay.namespace) if relay else None
+    server.wait(timeout=30)
+    report = json.loads(result.stdout)
+    if "error" in report:
+        raise RuntimeError(f"iperf3: {report['error']}")
+    out = {"seconds": seconds, "mbit_per_s": round(report["end"]["sum_received"]["bits_per_second"] / 1e6, 1)}
+    if relay:
+        out["relay_cpu_cores"] = round((after["cpu_ns"] - before["cpu_ns"]) / 1e9 / (after["at"] - before["at"]), 3)
+        out["relay_memory_mib"] = round(after["memory_bytes"] / 2**20, 1)
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [k for k in ("direct", "relay", "derp") if k in results["rtt"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    left.boxplot([results["rtt"][k]["rtts_ms"] for k in labels], vert=False, whis=(5, 95), showfliers=True)
+    left.set_yticks(range(1, len(labels) + 1), [f"{k}\nmedian {results['rtt'][k]['median_ms']:.2f} ms" for k in labels])
+    left.set_xscale("log")
+    left.set_xlabel("tailscale ping RTT, ms (log scale; box 25-75 %, whiskers 5-95 %)")
+    left.set_title(f"LAN device → workload pod, {results['rtt'][labels[0]]['count']} pings per path")
+    tput = results["throughput"]
+    names = [k for k in ("direct", "relay") if k in tput]
+    right.bar(names, [tput[k]["mbit_per_s"] for k in names], color=["#888", "#2a7"])
+    right.set_ylabel("iperf3 TCP, Mbit/s")
+    right.set_title("throughput over the tailnet")
+    fig.suptitle(f"tailscale-peer-relay chart on kind ({results['environment']['date']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pings", type=int, default=200, help="pongs per path (default 200)")
+    parser.add_argument("--iperf-seconds", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=REPO / "bench")
+    args = parser.parse_args()
+
+    config.load_kube_config()
+    api = client.ApiClient()
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+    relay = Release(api, NAMESPACE)
+    net = Tailnet()
+    if relay.helm("status", relay.name, check=False).returncode == 0:
+        log("removing the previous benchmark release")
+        relay.helm("uninstall", relay.name, "--wait")
+    while core.list_pod_for_all_namespaces(label_selector="app.kubernetes.io/component=relay").items:
+        log("waiting until no relay runs in the cluster")
+        time.sleep(3)
+
+    workload_ip = net.lan_tailscale("ip", "-4", net.workload).stdout.strip()
+    workload_pod = core.list_namespaced_pod(net.workload_namespace, label_selector="app=workload").items[0].metadata.name
+    workload_pid = host_pid(crictl_stats(workload_pod, net.workload_namespace)["cid"])
+    results = {"rtt": {}, "throughput": {}}
+
+    net.firewall("closed")
+    results["rtt"]["derp"] = measure(net, "derp", args.pings)
+
+    log("helm install with the write-up's settings")
+    started = time.monotonic()
+    relay.install(SEED)
+    installed = time.monotonic() - started
+    endpoints = relay.service_endpoints(0, PORT)
+    sent, first = net.ping_until(lambda p: p.relay_endpoint in endpoints, 300, "the relay")
+    results["relay_setup"] = {"helm_install_wait_s": round(installed, 1), "pings_until_relayed": sent,
+                              "s_from_install_to_first_relayed_pong": round(time.monotonic() - started, 1),
+                              "first_relayed_via": first.via}
+    log(f"first relayed pong after {sent} pings: {results['relay_setup']}")
+    results["rtt"]["relay"] = measure(net, "peer-relay", args.pings)
+    time.sleep(10)
+    results["relay_idle_memory_mib"] = round(crictl_stats(relay.pod(0), NAMESPACE)["memory_bytes"] / 2**20, 1)
+    results["throughput"]["relay"] = iperf(net, workload_ip, workload_pid, args.iperf_seconds, relay)
+
+    net.firewall("open")
+    net.ping_until(lambda p: p.path == "direct", 300, "a direct path")
+    results["rtt"]["direct"] = measure(net, "direct", args.pings)
+    results["throughput"]["direct"] = iperf(net, workload_ip, workload_pid, args.iperf_seconds, None)
+    net.firewall("closed")
+
+    rtt = results["rtt"]
+    results["ratios"] = {
+        "relay_over_direct_median": round(rtt["relay"]["median_ms"] / rtt["direct"]["median_ms"], 2),
+        "derp_over_relay_median": round(rtt["derp"]["median_ms"] / rtt["relay"]["median_ms"], 2),
+        "relay_over_direct_throughput": round(results["throughput"]["relay"]["mbit_per_s"]
+                                              / results["throughput"]["direct"]["mbit_per_s"], 2),
+    }
+    pins = versions()
+    results["environment"] = {
+        "date": datetime.date.today().isoformat(), "cores": os.cpu_count(), "kernel": platform.release(),
+        "tailscale": pins["TAILSCALE_VERSION"], "headscale": pins["HEADSCALE_VERSION"],
+        "kubernetes": pins["KUBERNETES_VERSION"], "pings_per_path": args.pings,
+        "derp": "Headscale's embedded DERP server on the same docker network (no added delay: this kernel has no netem)",
+        "command": "scripts/bench",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {args.out / 'results.json'}: {json.dumps(results['ratios'])}")
+    plot(results, args.out / "rtt.png")
+    relay.helm("uninstall", relay.name, "--wait")
+
+
+if __name__ == "__main__":
+    main()

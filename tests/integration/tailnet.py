@@ -1,0 +1,123 @@
+"""The tailnet in a box (scripts/images/tailnet): a LAN device outside the cluster and a workload pod.
+
+The LAN device is a docker container on the kind network behind a firewall that lets UDP reach only Headscale and the
+MetalLB address ranges, so it reaches the workload via DERP or via a peer relay's LoadBalancer address, never
+directly. These helpers run the same commands a person would: `docker exec $LAN_CLIENT tailscale ping …`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from chart_render import REPO
+from relay_release import unavailable
+
+TAILNET_SCRIPT = str(REPO / "scripts" / "images" / "tailnet")
+
+# cli/ping.go: "pong from workload (100.64.0.2, 41641) via DERP(headscale) in 3ms"
+#              "pong from workload (100.64.0.2) via peer-relay(172.18.255.193:61441:vni:1) in 1ms"
+#              "pong from workload (100.64.0.2, 41641) via 172.18.0.2:41641 in 1ms"
+PONG = re.compile(r"^pong from (?P<node>\S+) \((?P<ips>[^)]*)\) via (?P<via>\S+) in (?P<rtt>[\d.]+)(?P<unit>µs|us|ms|s)\s*$")
+UNIT_MS = {"µs": 0.001, "us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass(frozen=True)
+class Pong:
+    via: str  # DERP(<region>), peer-relay(<ip>:<port>:vni:<n>) or <ip>:<port>
+    rtt_ms: float
+
+    @property
+    def path(self) -> str:
+        if self.via.startswith("DERP("):
+            return "derp"
+        if self.via.startswith("peer-relay("):
+            return "peer-relay"
+        return "direct"
+
+    @property
+    def relay_endpoint(self) -> str | None:
+        """The relay address a peer-relay pong came through: '172.18.255.193:61441' or '[fc00::c1]:61441'."""
+        match = re.fullmatch(r"peer-relay\((?P<addr>.+):vni:\d+\)", self.via)
+        return match.group("addr") if match else None
+
+
+def parse_pongs(output: str) -> list[Pong]:
+    pongs = []
+    for line in output.splitlines():
+        match = PONG.match(line.strip())
+        if match:
+            pongs.append(Pong(match.group("via"), float(match.group("rtt")) * UNIT_MS[match.group("unit")]))
+    return pongs
+
+
+def setting(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        unavailable(f"{name} unset")
+    return value
+
+
+class Tailnet:
+    """The LAN device and the workload node, as scripts/cluster env names them."""
+
+    def __init__(self):
+        self.lan = setting("LAN_CLIENT")
+        self.workload = setting("WORKLOAD_NODE")
+        self.workload_namespace = setting("WORKLOAD_NAMESPACE")
+
+    def lan_tailscale(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "exec", self.lan, "tailscale", *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def ping(self, count: int = 5) -> list[Pong]:
+        """`tailscale ping --until-direct=false -c COUNT` from the LAN device to the workload; the pongs."""
+        result = self.lan_tailscale("ping", "--until-direct=false", "-c", str(count), "--timeout", "2s", self.workload)
+        return parse_pongs(result.stdout)
+
+    def ping_until(self, wanted, max_pings: int = 120, what: str = "the wanted path") -> tuple[int, Pong]:
+        """Pings (a few at a time) until a pong satisfies WANTED; returns (pings sent, that pong).
+        Fails after MAX_PINGS with the paths seen."""
+        sent, seen = 0, []
+        while sent < max_pings:
+            pongs = self.ping(5)
+            sent += 5
+            for index, pong in enumerate(pongs):
+                if wanted(pong):
+                    return sent - len(pongs) + index + 1, pong
+            seen += [p.via for p in pongs]
+            if not pongs:
+                time.sleep(1)
+        pytest.fail(f"no pong via {what} from {self.workload} within {max_pings} pings; "
+                    f"paths seen (latest last): {seen[-20:]}\n{self.diagnostics()}")
+
+    def lan_peer_status(self) -> dict:
+        """The workload's entry in the LAN device's `tailscale status --json`."""
+        status = json.loads(self.lan_tailscale("status", "--json").stdout)
+        for peer in (status.get("Peer") or {}).values():
+            if peer.get("HostName") == self.workload or peer.get("DNSName", "").split(".")[0] == self.workload:
+                return peer
+        pytest.fail(f"the LAN device does not see {self.workload} as a peer: {sorted(status.get('Peer') or {})}")
+
+    def lan_addresses(self) -> list[str]:
+        """The LAN device's addresses on the kind network (what a relay sees as its source)."""
+        result = subprocess.run(["docker", "inspect", "-f",
+                                 "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.GlobalIPv6Address}} {{end}}",
+                                 self.lan], capture_output=True, text=True, timeout=30)
+        return result.stdout.split()
+
+    def firewall(self, mode: str, *deny: str) -> None:
+        """The LAN device's firewall: 'closed' (UDP only to Headscale and the LoadBalancer ranges, and never to DENY)
+        or 'open' (direct paths work)."""
+        result = subprocess.run([TAILNET_SCRIPT, "firewall", mode, *deny], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"scripts/images/tailnet firewall {mode} failed: {result.stderr}"
+
+    def diagnostics(self) -> str:
+        status = self.lan_tailscale("status").stdout
+        relays = self.lan_tailscale("debug", "peer-relay-servers").stdout
+        return f"LAN device `tailscale status`:\n{status}\nLAN device `tailscale debug peer-relay-servers`:\n{relays}"

@@ -1,0 +1,126 @@
+"""End to end: tailnet traffic from a LAN device to a workload pod really goes through the chart's relay.
+
+The write-up's topology (scripts/images/tailnet): the LAN device is a container on the kind network behind a firewall
+that lets UDP reach only Headscale and the LoadBalancer address ranges, the workload is a tailnet node in its own pod.
+Without a relay they talk via DERP; with the chart installed as a user would (the relay key, the login server,
+relay.port and the Service's dual-stack settings), `tailscale ping` from the LAN device answers
+`via peer-relay(<the Service's LoadBalancer IP>:<relay.port>:vni:N)`, with nothing changed on the clients.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+
+from tailnet import Tailnet
+
+pytestmark = pytest.mark.integration
+
+PORT = 61441
+# The write-up's Service: both families, one relay port (MetalLB assigns the addresses).
+SEED = {"relay": {"port": PORT}, "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}}
+# Enough for discovery to find and try the relay (a relay path is set up over DERP, then probed).
+MAX_PINGS = 120
+
+
+@pytest.fixture
+def tailnet(kube_api, core):
+    """The LAN device and workload, with the firewall closed; waits until no relay of an earlier test is left
+    (a relay still terminating in another namespace would serve the path too)."""
+    net = Tailnet()
+    net.firewall("closed")
+    wait_for_no_relays(core)
+    yield net
+    net.firewall("closed")
+
+
+def wait_for_no_relays(core, timeout: int = 180):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [f"{p.metadata.namespace}/{p.metadata.name}" for p in core.list_pod_for_all_namespaces(
+            label_selector="app.kubernetes.io/component=relay").items]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"relays of earlier tests still running after {timeout}s: {left}")
+        time.sleep(2)
+
+
+def relayed(endpoints: set[str]):
+    """A pong predicate: came via a peer relay at one of ENDPOINTS."""
+    return lambda pong: pong.relay_endpoint in endpoints
+
+
+def test_derp_without_a_relay_then_the_relay_after_helm_install(tailnet, release):
+    baseline = tailnet.ping(10)
+    assert baseline, f"no pong from {tailnet.workload} at all\n{tailnet.diagnostics()}"
+    assert {p.path for p in baseline} == {"derp"}, \
+        f"without a relay the LAN device must reach the workload via DERP only, saw {[p.via for p in baseline]}"
+
+    release.install(SEED)
+    endpoints = release.service_endpoints(0, PORT)
+    assert len(endpoints) == 2, f"the RequireDualStack Service should have an IPv4 and an IPv6 address: {endpoints}"
+    sent, pong = tailnet.ping_until(relayed(endpoints), MAX_PINGS, f"the relay at {sorted(endpoints)}")
+    print(f"relayed after {sent} pings: via {pong.via} in {pong.rtt_ms:.2f}ms")
+
+    # The same path, seen by the client's status and by the relay's session list.
+    peer = tailnet.lan_peer_status()
+    assert peer.get("PeerRelay", "").rsplit(":vni:", 1)[0] in endpoints, \
+        f"`tailscale status --json` on the LAN device should show the relay as PeerRelay: {json.dumps(peer)[:600]}"
+    sessions = release.tailscale(release.pod(0), "debug", "peer-relay-sessions")
+    assert f"Server port: {PORT}" in sessions, sessions
+    # externalTrafficPolicy Local keeps the client's source address: the session is the LAN device's.
+    lan_addresses = tailnet.lan_addresses()
+    assert any(f"{a}:" in sessions or f"[{a}]:" in sessions for a in lan_addresses), \
+        f"the relay should list a session from the LAN device ({lan_addresses}):\n{sessions}"
+
+
+@pytest.mark.parametrize("family", ["IPv4", "IPv6"])
+def test_each_address_family_of_the_load_balancer_carries_the_path(tailnet, release, family):
+    release.install(SEED)
+    endpoints = release.service_endpoints(0, PORT)
+    wanted = {e for e in endpoints if e.startswith("[") == (family == "IPv6")}
+    other = endpoints - wanted
+    assert wanted and other, f"the Service should have one address per family: {endpoints}"
+    # The LAN device can no longer send UDP to the other family's address.
+    tailnet.firewall("closed", *(e.rsplit(":", 1)[0].strip("[]") for e in other))
+    sent, pong = tailnet.ping_until(relayed(wanted), MAX_PINGS, f"the relay's {family} address {sorted(wanted)}")
+    print(f"{family}: relayed after {sent} pings via {pong.via}")
+
+
+def test_a_restarted_relay_takes_the_traffic_back_without_the_hook(tailnet, release):
+    release.install(SEED)
+    endpoints = release.service_endpoints(0, PORT)
+    tailnet.ping_until(relayed(endpoints), MAX_PINGS, "the relay")
+
+    pod = release.pod(0)
+    old_uid = release.core.read_namespaced_pod(pod, release.namespace).metadata.uid
+    restarted_at = datetime.datetime.now(datetime.timezone.utc)
+    release.core.delete_namespaced_pod(pod, release.namespace)
+    # Traffic keeps flowing while the relay is away (via DERP), then returns to the relay.
+    during = tailnet.ping(5)
+    assert during, f"the workload stopped answering while the relay restarted\n{tailnet.diagnostics()}"
+    fresh = release.wait_pod_ready(pod)
+    assert fresh.metadata.uid != old_uid, "the relay pod was not replaced"
+    tailnet.ping_until(relayed(endpoints), MAX_PINGS, "the restarted relay")
+    jobs_created = [e for e in release.core.list_namespaced_event(release.namespace).items
+                    if e.involved_object.kind == "Job" and e.reason == "SuccessfulCreate"
+                    and (e.last_timestamp or e.event_time or e.metadata.creation_timestamp) > restarted_at]
+    assert not jobs_created, f"no hook Job may run on a restart: {[e.involved_object.name for e in jobs_created]}"
+
+
+def test_two_replicas_either_carries_the_path(tailnet, release):
+    release.install({**SEED, "replicaCount": 2})
+    replica_endpoints = [release.service_endpoints(index, PORT) for index in range(2)]
+    both = replica_endpoints[0] | replica_endpoints[1]
+    _, pong = tailnet.ping_until(relayed(both), MAX_PINGS, f"either relay at {sorted(both)}")
+    used = 0 if pong.relay_endpoint in replica_endpoints[0] else 1
+    other = 1 - used
+    # Take the replica in use away from the LAN device: the path must move to the other one.
+    tailnet.firewall("closed", *(e.rsplit(":", 1)[0].strip("[]") for e in replica_endpoints[used]))
+    sent, pong = tailnet.ping_until(relayed(replica_endpoints[other]), MAX_PINGS,
+                                    f"replica {other} at {sorted(replica_endpoints[other])}")
+    print(f"moved from replica {used} to replica {other} after {sent} pings via {pong.via}")
