@@ -43,7 +43,7 @@ Fullname: the prefix of every resource name. Kept to 50 characters so that
 {{- if .Values.serviceAccount.create }}
 {{- default (include "relay.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
-{{- default "default" .Values.serviceAccount.name }}
+{{- required "serviceAccount.name: with serviceAccount.create false, name the existing ServiceAccount the relay runs as (the namespace's default one would be granted the relays' state Secrets)" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
 

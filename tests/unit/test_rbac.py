@@ -65,3 +65,20 @@ def test_rbac_can_be_left_to_the_user():
 def test_service_account_annotations():
     sa = one(render({"serviceAccount": {"annotations": {"a": "b"}}}), "ServiceAccount", FULLNAME)
     assert sa["metadata"]["annotations"] == {"a": "b"}
+
+
+@pytest.mark.parametrize("values", [{}, {"replicaCount": 3}, {"serviceAccount": {"create": False, "name": "mine"}}],
+                         ids=["default", "3 replicas", "existing service account"])
+def test_no_rule_on_named_objects_is_ever_unrestricted(values):
+    # A rule on secrets, pods or their subresources without resourceNames grants them all in the namespace.
+    for role in find(render(values), "Role"):
+        for rule in role["rules"]:
+            if set(rule["resources"]) & {"secrets", "pods", "pods/exec", "pods/log", "services", "statefulsets"}:
+                assert rule.get("resourceNames"), f"Role {role['metadata']['name']} grants {rule} on every object"
+
+
+def test_an_existing_service_account_is_bound_by_its_name():
+    manifests = render({"serviceAccount": {"create": False, "name": "relay-sa"}})
+    binding = one(manifests, "RoleBinding", FULLNAME)
+    assert binding["subjects"][0]["name"] == "relay-sa"
+    assert not [sa for sa in find(manifests, "ServiceAccount") if sa["metadata"]["name"] in ("relay-sa", "default")]

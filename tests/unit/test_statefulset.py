@@ -1,7 +1,7 @@
 """The relay StatefulSet: image, identity, Tailscale settings and pod placement follow the values."""
 import pytest
 
-from chart_render import FULLNAME, env_of, one, relay_container, render, versions
+from chart_render import RenderError, FULLNAME, env_of, one, relay_container, render, versions
 
 
 def test_default_image_is_the_pinned_tailscale_release():
@@ -108,11 +108,12 @@ def test_readiness_comes_from_the_containers_health_endpoint():
     assert {"name": "http-local", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
 
 
-def test_health_disabled_drops_probe_and_local_port():
-    container = relay_container(render({"health": {"enabled": False}}))
-    assert "readinessProbe" not in container
-    assert env_of(container)["TS_ENABLE_HEALTH_CHECK"] == "false"
-    assert "TS_LOCAL_ADDR_PORT" not in env_of(container)
+def test_readiness_cannot_be_switched_off():
+    # The hook's `tailscale set` waits for Ready (logged in): without a probe it could run before containerboot's first
+    # `tailscale up`, which replaces every preference, and still report success.
+    with pytest.raises(RenderError) as failure:
+        render({"health": {"enabled": False}})
+    assert "health" in str(failure.value) and "enabled" in str(failure.value)
 
 
 def test_metrics_enable_the_metrics_endpoint():

@@ -63,6 +63,15 @@ CASES = {
         {"service": {"ipFamilies": ["IPv4", "IPv6"]}},
         "service.ipFamilyPolicy: two service.ipFamilies need ipFamilyPolicy PreferDualStack or RequireDualStack",
     ),
+    "no relay at all": (
+        # Zero replicas would render Roles without resourceNames, i.e. rights on every Secret and pod.
+        {"replicaCount": 0},
+        "replicaCount",
+    ),
+    "an existing service account without a name": (
+        {"serviceAccount": {"create": False}},
+        "serviceAccount.name: with serviceAccount.create false, name the existing ServiceAccount the relay runs as",
+    ),
     "service monitor without metrics": (
         {"metrics": {"serviceMonitor": {"enabled": True}}},
         "metrics.enabled: metrics.serviceMonitor.enabled needs metrics.enabled true",

@@ -59,7 +59,6 @@ CHANGES = {
     "serviceAccount.name": ({}, {"serviceAccount": {"name": "mine"}}),
     "serviceAccount.annotations": ({}, {"serviceAccount": {"annotations": {"a": "b"}}}),
     "rbac.create": ({}, {"rbac": {"create": False}}),
-    "health.enabled": ({}, {"health": {"enabled": False}}),
     "health.port": ({}, {"health": {"port": 9100}}),
     "metrics.enabled": ({}, {"metrics": {"enabled": True}}),
     "metrics.serviceMonitor.enabled": ({"metrics": {"enabled": True}}, {"metrics": {"serviceMonitor": {"enabled": True}}}),
