@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""A stand-in for kubectl that serves the hook script from a JSON world file (FAKE_KUBE_WORLD).
+"""A stand-in for kubectl that serves the hook and relay-settings scripts from a JSON world file (FAKE_KUBE_WORLD).
 
-It knows only the calls relay-hook.sh makes, answers the jsonpath queries by what they ask for,
-records every call in the world's "calls" list, and lets tests script changes over time
-("ready_after", "ips_after": the number of polls before the pod is Ready / the Service has addresses).
+It knows only the calls relay-hook.sh and relay-settings.sh make, answers the jsonpath queries by what they ask
+for, records every call in the world's "calls" list, and lets tests script changes over time ("ready_after",
+"ips_after": the number of polls before the relay container is Ready / the Service has addresses). Like the real
+API under the chart's RBAC, it refuses exec and answers NotFound for objects the world does not have.
 """
 import json
 import os
@@ -51,38 +52,34 @@ if verb == "get":
         pod = world["pods"].get(name)
         if pod is None:
             finish(code=1, err=f'Error from server (NotFound): pods "{name}" not found\n')
-        ready = "True" if poll(f"pod/{name}") > pod.get("ready_after", 0) and pod.get("ready", True) else "False"
+        ready = "true" if poll(f"pod/{name}") > pod.get("ready_after", 0) and pod.get("ready", True) else "false"
         words = [pod["revision"], ready] + (["2026-01-01T00:00:00Z"] if pod.get("deleting") else [])
         finish(" ".join(words))
     if kind == "service":
-        svc = world["services"][name]
-        if "ipFamilyPolicy" in jsonpath:
-            finish(svc.get("policy", "SingleStack"))
+        svc = world["services"].get(name)
+        if svc is None:
+            finish(code=1, err=f'Error from server (NotFound): services "{name}" not found\n')
         if jsonpath == "{.status}":
             finish(json.dumps({"loadBalancer": {}}))
-        assigned = poll(f"service/{name}/{'ip' if '.ip}' in jsonpath else 'hostname'}") > svc.get("ips_after", 0)
-        values = svc.get("ips" if ".ip}" in jsonpath else "hostnames", []) if assigned else []
-        finish("".join(v + " " for v in values))
+
+        def listed(field):
+            assigned = poll(f"service/{name}/{field}") > svc.get("ips_after", 0)
+            return "".join(v + " " for v in svc.get(field, [])) if assigned else ""
+
+        if "|" in jsonpath:  # relay-settings.sh: policy|ips|hostnames in one call
+            finish(f'{svc.get("policy", "SingleStack")}|{listed("ips")}|{listed("hostnames")}')
+        if "ipFamilyPolicy" in jsonpath:
+            finish(svc.get("policy", "SingleStack"))
+        finish(listed("ips" if ".ip}" in jsonpath else "hostnames"))
     finish(code=2, err=f"fake kubectl: unsupported get {args}\n")
 
 if verb == "logs":
-    finish(world["pods"][args[1]].get("log", "") + "\n")
+    pod = world["pods"][args[1]]
+    container = args[args.index("-c") + 1] if "-c" in args else "tailscale"
+    finish(pod.get("sidecar_log" if container == "relay-settings" else "log", "") + "\n")
 
 if verb == "exec":
-    pod = world["pods"][args[1]]
-    command = args[args.index("--") + 1:]
-    assert command[0] == "tailscale" and command[1].startswith("--socket="), command
-    prefs = pod.setdefault("prefs", {"port": "", "endpoints": ""})
-    if command[2:] == ["get", "relay-server-port"]:
-        finish(prefs["port"] + "\n")
-    if command[2:] == ["get", "relay-server-static-endpoints"]:
-        finish(prefs["endpoints"] + "\n")
-    if command[2] == "set":
-        if pod.get("refuse_set"):
-            finish(code=1, err="invalid value for --relay-server-static-endpoints\n")
-        flags = dict(a[2:].split("=", 1) for a in command[3:])
-        if not pod.get("ignore_set"):
-            prefs["port"] = flags["relay-server-port"]
-            prefs["endpoints"] = flags["relay-server-static-endpoints"]
-        finish()
+    # The chart's Roles grant no pods/exec.
+    finish(code=1, err=f'Error from server (Forbidden): pods "{args[1]}" is forbidden: User '
+                       '"system:serviceaccount:tailnet:relay-hook" cannot create resource "pods/exec"\n')
 finish(code=2, err=f"fake kubectl: unsupported {args}\n")

@@ -1,11 +1,13 @@
 #!/bin/sh
-# Applies (mode "apply", the post-install/post-upgrade hook) or checks (mode "verify", helm test)
-# the peer relay settings of every replica. Needs only a POSIX shell and kubectl, and RBAC limited
-# to the relay's own pods, Services and StatefulSet.
+# Checks, after every install, upgrade and rollback (mode "apply", the hook Job) and in helm test
+# (mode "verify"), that every replica relays with the release's settings. The relay-settings
+# sidecar in each relay pod applies them and keeps them right; this script is what makes a wrong
+# release fail loudly, naming what it waited for. Needs only a POSIX shell and kubectl, and RBAC to
+# get the relay's own pods, their logs, Services and StatefulSet: no exec.
 #
 # Environment (set by the chart): NAMESPACE, FULLNAME, REPLICAS, RELAY_PORT, STATIC_ENDPOINTS
 # (comma-separated, empty = discover from each replica's LoadBalancer Service), TIMEOUT_SECONDS,
-# TS_SOCKET (tailscaled's socket inside the relay container), CONTAINER (the relay container).
+# CONTAINER (the relay container), SIDECAR (the relay-settings container).
 set -eu
 
 mode="${1:-apply}"
@@ -38,12 +40,6 @@ timeout_hint() { :; }
 
 k() { kubectl --namespace "$NAMESPACE" "$@"; }
 
-# in_relay POD ARGS...: runs the tailscale CLI inside the relay container of POD.
-in_relay() {
-  pod="$1"; shift
-  k exec "$pod" -c "$CONTAINER" -- tailscale --socket="$TS_SOCKET" "$@"
-}
-
 # Sorted, lower-case, one per line: the form in which endpoint lists are compared.
 normalize() { printf '%s\n' "$1" | tr ',' '\n' | tr '[:upper:]' '[:lower:]' | sed '/^$/d' | sort; }
 
@@ -55,13 +51,14 @@ statefulset_observed() {
   [ "$#" -eq 3 ] && [ "$1" = "$2" ] && revision="$3"
 }
 
-# pod_ready POD: Ready, not terminating, and running the StatefulSet's current revision,
-# so an upgrade is applied to the new pod, not to the one being replaced.
-pod_ready() {
-  out=$(k get pod "$1" -o jsonpath='{.metadata.labels.controller-revision-hash} {.status.conditions[?(@.type=="Ready")].status} {.metadata.deletionTimestamp}' 2>/dev/null) || return 1
+# relay_ready POD: the relay container is Ready (logged in to the tailnet), the pod is not terminating,
+# and it runs the StatefulSet's current revision, so an upgrade is checked on the new pod, not on the
+# one being replaced. (The pod itself is Ready only once the sidecar has the settings in effect.)
+relay_ready() {
+  out=$(k get pod "$1" -o jsonpath="{.metadata.labels.controller-revision-hash} {.status.containerStatuses[?(@.name==\"$CONTAINER\")].ready} {.metadata.deletionTimestamp}" 2>/dev/null) || return 1
   # shellcheck disable=SC2086 # split the jsonpath answer into words
   set -- $out
-  [ "$#" -eq 2 ] && [ "$1" = "$revision" ] && [ "$2" = "True" ]
+  [ "$#" -eq 2 ] && [ "$1" = "$revision" ] && [ "$2" = "true" ]
 }
 
 # Shows the end of the relay's log and picks its last complaint (a bad auth key, say) as the cause.
@@ -95,10 +92,22 @@ service_endpoints() {
   [ "$policy" != "RequireDualStack" ] || { [ "$have_v4" = yes ] && [ "$have_v6" = yes ]; }
 }
 
-settings_match() {
-  got_port=$(in_relay "$pod" get relay-server-port) || return 1
-  got_endpoints=$(in_relay "$pod" get relay-server-static-endpoints) || return 1
+# sidecar_confirms: the relay-settings sidecar's latest report is "in effect" with $RELAY_PORT and $endpoints.
+sidecar_confirms() {
+  report=$(k logs "$pod" -c "$SIDECAR" --tail=400 2>/dev/null | grep -E 'relay-settings: (in effect|not ready):' | tail -n 1) || return 1
+  case "$report" in
+    *"relay-settings: in effect: "*) ;;
+    *) return 1 ;;
+  esac
+  got_port=$(printf '%s\n' "$report" | sed -n 's/.* port=\([0-9]*\) .*/\1/p')
+  got_endpoints=$(printf '%s\n' "$report" | sed -n 's/.* endpoints=\([^ ]*\) .*/\1/p')
   [ "$got_port" = "$RELAY_PORT" ] && [ "$(normalize "$got_endpoints")" = "$(normalize "$endpoints")" ]
+}
+
+# The sidecar's last complaint, as the cause of a timeout.
+sidecar_hint() {
+  log "last report of the relay-settings sidecar of $pod: ${report:-none}"
+  cause=$(printf '%s\n' "${report:-}" | sed -n 's/.*relay-settings: not ready: //p')
 }
 
 log "release $FULLNAME in namespace $NAMESPACE: $REPLICAS replica(s), relay port $RELAY_PORT, timeout ${TIMEOUT_SECONDS}s"
@@ -112,7 +121,7 @@ while [ "$i" -lt "$REPLICAS" ]; do
 
   log "waiting for relay pod $pod (revision $revision) to be Ready"
   timeout_hint() { pod_log_hint; }
-  wait_until "relay pod $pod to be Ready and logged in to the tailnet (kubectl describe pod $pod; kubectl logs $pod)" pod_ready "$pod"
+  wait_until "relay pod $pod to be Ready and logged in to the tailnet (kubectl describe pod $pod; kubectl logs $pod)" relay_ready "$pod"
 
   if [ -n "$STATIC_ENDPOINTS" ]; then
     endpoints="$STATIC_ENDPOINTS"
@@ -124,21 +133,12 @@ while [ "$i" -lt "$REPLICAS" ]; do
     log "$pod: discovered endpoints $endpoints from Service $service"
   fi
 
-  if [ "$mode" = apply ]; then
-    if settings_match; then
-      log "$pod: already relaying on port $RELAY_PORT with endpoints $endpoints; nothing to change"
-    else
-      log "$pod: running tailscale set --relay-server-port=$RELAY_PORT --relay-server-static-endpoints=$endpoints"
-      in_relay "$pod" set --relay-server-port="$RELAY_PORT" --relay-server-static-endpoints="$endpoints" ||
-        fail "$pod: tailscale set was refused (see the message above)"
-    fi
-  fi
-
-  if ! settings_match; then
-    fail "$pod: relay settings are port '${got_port:-}' endpoints '${got_endpoints:-}', expected port '$RELAY_PORT' endpoints '$endpoints' (write IPv6 addresses in canonical RFC 5952 form)"
-  fi
-  log "$pod: relay settings confirmed: port $got_port, endpoints $got_endpoints"
+  log "$pod: waiting for the relay-settings sidecar to report port $RELAY_PORT and endpoints $endpoints in effect"
+  report=""
+  timeout_hint() { sidecar_hint; }
+  wait_until "the relay-settings sidecar of $pod to put port $RELAY_PORT and endpoints $endpoints in effect (kubectl logs $pod -c $SIDECAR)" sidecar_confirms
+  log "$pod: relaying on port $got_port with endpoints $got_endpoints"
   i=$((i + 1))
 done
 
-log "all $REPLICAS relay(s) configured"
+log "all $REPLICAS relay(s) relaying"

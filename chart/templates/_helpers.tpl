@@ -189,10 +189,10 @@ containers:
         value: {{ join "," $root.Values.relay.staticEndpoints | quote }}
       - name: TIMEOUT_SECONDS
         value: {{ $root.Values.hook.timeoutSeconds | quote }}
-      - name: TS_SOCKET
-        value: {{ include "relay.socket" $root }}
       - name: CONTAINER
         value: tailscale
+      - name: SIDECAR
+        value: relay-settings
       # kubectl keeps its discovery cache under $HOME; the root filesystem is read-only.
       - name: HOME
         value: /tmp

@@ -1,4 +1,8 @@
-"""The post-install/post-upgrade hook: how it is wired, and what its script does (against a fake kubectl)."""
+"""The post-install/post-upgrade hook: how it is wired, and what its script does (against a fake kubectl).
+
+The hook no longer changes the relay (the relay-settings sidecar does, tests/unit/test_relay_settings.py): it waits
+until every replica runs the release's revision, is logged in, has its address, and its sidecar reports the
+release's port and endpoints in effect; and it fails, naming what it waited for, when that does not happen."""
 import json
 import os
 import subprocess
@@ -78,6 +82,7 @@ class HookRun:
 
     def __init__(self, tmp_path: Path, values: dict, world: dict):
         self.tmp_path = tmp_path
+        tmp_path.mkdir(parents=True, exist_ok=True)
         manifests = render(values)
         self.script = one(manifests, "ConfigMap", f"{FULLNAME}-hook")["data"]["relay-hook.sh"]
         self.env = {k: v for k, v in env_of(hook_job(values)["spec"]["template"]["spec"]["containers"][0]).items()
@@ -101,51 +106,55 @@ class HookRun:
     def world(self):
         return json.loads(self.world_path.read_text())
 
-    def sets(self):
-        return [c for c in self.world["calls"] if c[:1] == ["--namespace"] and "set" in c]
+    def execs(self):
+        return [c for c in self.world["calls"] if "exec" in c]
 
 
-def world_with(replicas=1, ips=("172.18.255.200", "fc00:f853:ccd:e793::c8"), policy="RequireDualStack", **pod):
+def in_effect(port, endpoints):
+    return (f"2026-11-28T10:00:00Z relay-settings: not ready: waiting for the relay to log in\n"
+            f"2026-11-28T10:00:05Z relay-settings: in effect: port={port} endpoints={endpoints} stored={endpoints}")
+
+
+V4, V6 = "172.18.255.200", "fc00:f853:ccd:e793::c8"
+
+
+def world_with(replicas=1, ips=(V4, V6), policy="RequireDualStack", port=40000, sidecar_log=None, **pod):
+    def log(i):
+        if sidecar_log is not None:
+            return sidecar_log
+        endpoints = ",".join(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+                             for ip in (a.replace("200", str(200 + i)) for a in ips))
+        return in_effect(port, endpoints)
     return {
         "statefulset": {"generation": 2, "observedGeneration": 2, "updateRevision": "rev-2"},
-        "pods": {f"{FULLNAME}-{i}": {"revision": "rev-2", **pod} for i in range(replicas)},
+        "pods": {f"{FULLNAME}-{i}": {"revision": "rev-2", "sidecar_log": log(i), **pod} for i in range(replicas)},
         "services": {f"{FULLNAME}-{i}": {"ips": [ip.replace("200", str(200 + i)) for ip in ips], "policy": policy}
                      for i in range(replicas)},
     }
 
 
-def test_script_discovers_both_families_and_applies_them(tmp_path):
-    run = HookRun(tmp_path, {"relay": {"port": 61441}}, world_with())
+def test_script_confirms_both_families_from_the_sidecar(tmp_path):
+    run = HookRun(tmp_path, {"relay": {"port": 61441}}, world_with(port=61441))
     result = run()
     assert result.returncode == 0, result.stdout + result.stderr
-    prefs = run.world["pods"][f"{FULLNAME}-0"]["prefs"]
-    assert prefs == {"port": "61441", "endpoints": "172.18.255.200:61441,[fc00:f853:ccd:e793::c8]:61441"}
-    assert "relay settings confirmed" in result.stdout
+    assert f"relaying on port 61441 with endpoints {V4}:61441,[{V6}]:61441" in result.stdout
+    assert not run.execs(), "the hook must not exec into the relay"
 
 
-def test_script_is_idempotent(tmp_path):
-    run = HookRun(tmp_path, {"relay": {"port": 61441}}, world_with())
-    assert run().returncode == 0
-    second = run()
-    assert second.returncode == 0, second.stdout
-    assert len(run.sets()) == 1, "a second run must not call tailscale set again"
-    assert "nothing to change" in second.stdout
-
-
-def test_script_configures_every_replica_with_its_own_service(tmp_path):
+def test_script_checks_every_replica_against_its_own_service(tmp_path):
     run = HookRun(tmp_path, {"replicaCount": 3}, world_with(replicas=3))
     result = run()
     assert result.returncode == 0, result.stdout + result.stderr
     for i in range(3):
-        assert run.world["pods"][f"{FULLNAME}-{i}"]["prefs"]["endpoints"].startswith(f"172.18.255.{200 + i}:40000")
+        assert f"{FULLNAME}-{i}: relaying on port 40000 with endpoints 172.18.255.{200 + i}:40000" in result.stdout
 
 
 def test_script_uses_static_endpoints_without_asking_the_service(tmp_path):
-    endpoints = ["[fdc9:b01a:9d26:0:2::3]:61441", "172.16.2.3:61441"]
-    run = HookRun(tmp_path, {"relay": {"port": 61441, "staticEndpoints": endpoints}}, world_with(ips=()))
+    endpoints = "[fdc9:b01a:9d26:0:2::3]:61441,172.16.2.3:61441"
+    run = HookRun(tmp_path, {"relay": {"port": 61441, "staticEndpoints": endpoints.split(",")}},
+                  world_with(ips=(), sidecar_log=in_effect(61441, endpoints)))
     result = run()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert run.world["pods"][f"{FULLNAME}-0"]["prefs"]["endpoints"] == ",".join(endpoints)
     assert not [c for c in run.world["calls"] if "service" in c]
 
 
@@ -159,7 +168,7 @@ def test_script_waits_for_the_pod_and_the_address(tmp_path):
 
 
 def test_script_waits_for_both_families_of_a_dual_stack_service(tmp_path):
-    run = HookRun(tmp_path, {}, world_with(ips=("172.18.255.200",)))
+    run = HookRun(tmp_path, {}, world_with(ips=(V4,)))
     result = run(timeout=3)
     assert result.returncode == 1
     assert f"timed out after 3s waiting for Service {FULLNAME}-0 to get a LoadBalancer address" in result.stdout
@@ -170,7 +179,6 @@ def test_script_times_out_naming_the_service_it_waited_for(tmp_path):
     result = run(timeout=3)
     assert result.returncode == 1
     assert f"waiting for Service {FULLNAME}-0 to get a LoadBalancer address" in result.stdout
-    assert not run.sets()
 
 
 def test_script_times_out_naming_the_pod_and_showing_its_log(tmp_path):
@@ -192,38 +200,40 @@ def test_script_ignores_a_pod_from_the_previous_revision(tmp_path):
     world["pods"][f"{FULLNAME}-0"]["revision"] = "rev-1"
     run = HookRun(tmp_path, {}, world)
     result = run(timeout=3)
-    assert result.returncode == 1, "an upgrade must be applied to the new pod, not the one being replaced"
-    assert not run.sets()
+    assert result.returncode == 1, "an upgrade must be checked on the new pod, not the one being replaced"
+    assert f"waiting for relay pod {FULLNAME}-0 to be Ready" in result.stdout
 
 
 def test_script_rejects_hostname_only_load_balancers(tmp_path):
     world = world_with(ips=())
-    world["services"][f"{FULLNAME}-0"]["hostnames"] = ["abc.elb.amazonaws.com"]
+    world["services"][f"{FULLNAME}-0"]["hostnames"] = ["abc.elb.amazonaws.com", "def.elb.amazonaws.com"]
     run = HookRun(tmp_path, {}, world)
     result = run(timeout=30)
     assert result.returncode == 1
-    assert "got only hostnames (abc.elb.amazonaws.com" in result.stdout
+    assert "got only hostnames (abc.elb.amazonaws.com def.elb.amazonaws.com" in result.stdout
     assert "set relay.staticEndpoints" in result.stdout
 
 
-def test_script_fails_when_the_setting_does_not_take(tmp_path):
-    run = HookRun(tmp_path, {}, world_with(ignore_set=True))
-    result = run()
+def test_script_fails_with_the_sidecars_reason_when_the_settings_are_not_in_effect(tmp_path):
+    reason = ("the relay server does not hold UDP port 40000 (see the relay's log for "
+              "'relayserver: error initializing server', e.g. bind: permission denied)")
+    run = HookRun(tmp_path, {}, world_with(sidecar_log=f"2026-11-28T10:00:00Z relay-settings: not ready: {reason}"))
+    result = run(timeout=3)
     assert result.returncode == 1
-    assert "relay settings are port '' endpoints ''" in result.stdout
+    failure = result.stdout.strip().splitlines()[-1]
+    assert f"waiting for the relay-settings sidecar of {FULLNAME}-0 to put port 40000" in failure
+    assert failure.endswith(f"; the relay says: {reason}"), failure
 
 
-def test_script_fails_when_tailscale_refuses(tmp_path):
-    run = HookRun(tmp_path, {}, world_with(refuse_set=True))
-    result = run()
+def test_script_fails_when_the_sidecar_reports_other_settings(tmp_path):
+    # e.g. the pod still runs an old sidecar that advertises another port
+    run = HookRun(tmp_path, {"relay": {"port": 61441}}, world_with(port=40000))
+    result = run(timeout=3)
     assert result.returncode == 1
-    assert "tailscale set was refused" in result.stdout
+    assert "in effect: port=40000" in result.stdout, "the failure shows what the sidecar reported"
 
 
-def test_verify_mode_checks_without_changing(tmp_path):
-    run = HookRun(tmp_path, {}, world_with())
-    result = run("verify")
-    assert result.returncode == 1, "verify must fail on an unconfigured relay"
-    assert not run.sets()
-    assert run("apply").returncode == 0
-    assert run("verify").returncode == 0
+def test_verify_mode_checks_the_same_way(tmp_path):
+    assert HookRun(tmp_path / "a", {}, world_with())("verify").returncode == 0
+    unconfigured = world_with(sidecar_log="2026-11-28T10:00:00Z relay-settings: not ready: waiting for the relay")
+    assert HookRun(tmp_path / "b", {}, unconfigured)("verify", timeout=3).returncode == 1

@@ -165,7 +165,7 @@ def test_pod_placement_and_extras():
     for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "priorityClassName",
                 "imagePullSecrets", "terminationGracePeriodSeconds"):
         assert spec[key] == values[key], key
-    assert pod["metadata"]["annotations"] == values["podAnnotations"]
+    assert pod["metadata"]["annotations"]["example.com/a"] == "b"
     assert pod["metadata"]["labels"]["team"] == "net"
     container = spec["containers"][0]
     assert env_of(container)["TS_DEBUG_FIREWALL_MODE"] == "auto"

@@ -55,6 +55,8 @@ CHANGES = {
     "hook.weight": ({}, {"hook": {"weight": 1}}),
     "hook.resources": ({}, {"hook": {"resources": {"limits": {"memory": "64Mi"}}}}),
     "hook.podAnnotations": ({}, {"hook": {"podAnnotations": {"a": "b"}}}),
+    "settingsSidecar.intervalSeconds": ({}, {"settingsSidecar": {"intervalSeconds": 30}}),
+    "settingsSidecar.resources": ({}, {"settingsSidecar": {"resources": {"limits": {"memory": "64Mi"}}}}),
     "serviceAccount.create": ({"serviceAccount": {"name": "mine"}}, {"serviceAccount": {"create": False}}),
     "serviceAccount.name": ({}, {"serviceAccount": {"name": "mine"}}),
     "serviceAccount.annotations": ({}, {"serviceAccount": {"annotations": {"a": "b"}}}),

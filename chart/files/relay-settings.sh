@@ -1,0 +1,120 @@
+#!/bin/sh
+# The relay-settings sidecar: keeps this relay's peer relay settings right for as long as it runs.
+#
+# Every INTERVAL_SECONDS it works out the endpoints the relay must advertise (STATIC_ENDPOINTS, else
+# this pod's own Service's LoadBalancer IPs with RELAY_PORT) and compares them, and RELAY_PORT, with
+# tailscaled's preferences, read from its LocalAPI over the socket the two containers share. When
+# they differ (first start, a re-login that reset the preferences, a new load balancer address) it
+# sets them again, as `tailscale set --relay-server-port --relay-server-static-endpoints` would.
+# It is Ready (the file READY_FILE exists) only while the relay is logged in, its settings are the
+# wanted ones and the relay server holds its UDP port: so the pod is Ready only when it relays.
+#
+# Needs a POSIX shell, kubectl and curl, and RBAC to get this pod's Service; never exec.
+# Environment (set by the chart): POD_NAME, NAMESPACE, RELAY_PORT, STATIC_ENDPOINTS (comma-separated,
+# empty = from the Service), TS_SOCKET, INTERVAL_SECONDS, READY_FILE; for tests: UDP_TABLES (the
+# socket tables to look in, default /proc/net/udp and udp6) and MAX_PASSES (stop after that many).
+set -u
+
+log() { printf '%s relay-settings: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
+
+# localapi PATH [CURL ARGS...]: tailscaled's LocalAPI (what the tailscale CLI talks to).
+localapi() {
+  path="$1"; shift
+  curl --silent --show-error --max-time 10 --unix-socket "$TS_SOCKET" \
+    --header 'Sec-Tailscale: localapi' "$@" "http://local-tailscaled.sock/localapi/v0/$path"
+}
+
+# JSON from the LocalAPI on one line without blanks, so sed can pick fields out of it.
+compact() { tr -d ' \t\r\n'; }
+json_port() { sed -n 's/.*"RelayServerPort":\([0-9]*\).*/\1/p'; }
+# The endpoint list ends at the first '"]' (IPv6 literals contain ']', never '"').
+json_endpoints() { sed -n 's/.*"RelayServerStaticEndpoints":\[\("[^"]*"\(,"[^"]*"\)*\)\].*/\1/p' | tr -d '"'; }
+
+# desired_endpoints: sets $desired, or $reason and fails.
+desired_endpoints() {
+  if [ -n "$STATIC_ENDPOINTS" ]; then desired="$STATIC_ENDPOINTS"; return 0; fi
+  svc=$(kubectl --namespace "$NAMESPACE" get service "$POD_NAME" \
+    -o jsonpath='{.spec.ipFamilyPolicy}|{range .status.loadBalancer.ingress[*]}{.ip} {end}|{range .status.loadBalancer.ingress[*]}{.hostname} {end}' 2>&1) ||
+    { reason="cannot read Service $POD_NAME: $svc (a replica added outside Helm has no Service: scale with replicaCount)"; return 1; }
+  policy="${svc%%|*}"; rest="${svc#*|}"; ips="${rest%%|*}"; names="${rest#*|}"; names="${names% }"
+  if [ -z "${ips# }" ]; then
+    if [ -n "${names# }" ]; then
+      reason="Service $POD_NAME got only hostnames ($names) from its load balancer; a relay advertises IP addresses: set relay.staticEndpoints"
+    else
+      reason="waiting for Service $POD_NAME to get a LoadBalancer address"
+    fi
+    return 1
+  fi
+  desired=""; have_v4=no; have_v6=no
+  for ip in $ips; do
+    case "$ip" in
+      *:*) desired="$desired,[$ip]:$RELAY_PORT"; have_v6=yes ;;
+      *) desired="$desired,$ip:$RELAY_PORT"; have_v4=yes ;;
+    esac
+  done
+  desired="${desired#,}"
+  if [ "$policy" = RequireDualStack ] && { [ "$have_v4" = no ] || [ "$have_v6" = no ]; }; then
+    reason="waiting for Service $POD_NAME (RequireDualStack) to get an address of each family; has $desired"
+    return 1
+  fi
+}
+
+# udp_bound PORT: some socket in this pod's network namespace holds UDP PORT (the relay server's).
+udp_bound() {
+  hex=$(printf ':%04X' "$1")
+  # shellcheck disable=SC2086 # a list of files
+  cat ${UDP_TABLES:-/proc/net/udp /proc/net/udp6} 2>/dev/null | awk -v p="$hex" '$2 ~ p"$" {found=1} END {exit !found}'
+}
+
+# json_list A,B -> "A","B"
+json_list() { printf '%s' "$1" | sed 's/[^,][^,]*/"&"/g'; }
+
+# One pass: sets $reason (empty when all is well).
+reconcile() {
+  reason=""
+  status=$(localapi 'status?peers=false' 2>&1 | compact) || { reason="tailscaled's LocalAPI does not answer yet: $status"; return; }
+  case "$status" in
+    *'"BackendState":"Running"'*) ;;
+    *) reason="the relay is not logged in yet ($(printf '%s' "$status" | sed -n 's/.*"BackendState":"\([A-Za-z]*\)".*/\1/p'))"; return ;;
+  esac
+  desired_endpoints || return
+  prefs=$(localapi prefs 2>&1 | compact) || { reason="cannot read the relay's preferences: $prefs"; return; }
+  port=$(printf '%s' "$prefs" | json_port)
+  stored=$(printf '%s' "$prefs" | json_endpoints)
+  # tailscale stores endpoints deduplicated, IPv4 first, IPv6 canonical: compare with what it stored
+  # the last time these endpoints were set, not with our spelling of them.
+  if [ "$port" != "$RELAY_PORT" ] || [ "$desired" != "${applied_desired:-}" ] || [ "$stored" != "${applied_stored:-}" ]; then
+    log "setting relay port $RELAY_PORT and endpoints $desired (the relay had port '${port}' endpoints '${stored}')"
+    body="{\"RelayServerPortSet\":true,\"RelayServerPort\":$RELAY_PORT,\"RelayServerStaticEndpointsSet\":true,\"RelayServerStaticEndpoints\":[$(json_list "$desired")]}"
+    answer=$(localapi prefs --request PATCH --header 'Content-Type: application/json' --data "$body" 2>&1 | compact)
+    port=$(printf '%s' "$answer" | json_port)
+    stored=$(printf '%s' "$answer" | json_endpoints)
+    if [ "$port" != "$RELAY_PORT" ]; then
+      reason="tailscaled refused the relay settings: $answer"
+      applied_desired=""
+      return
+    fi
+    applied_desired="$desired"; applied_stored="$stored"
+  fi
+  udp_bound "$RELAY_PORT" ||
+    reason="the relay server does not hold UDP port $RELAY_PORT (see the relay's log for 'relayserver: error initializing server', e.g. bind: permission denied)"
+}
+
+log "relay $POD_NAME in namespace $NAMESPACE: port $RELAY_PORT, endpoints ${STATIC_ENDPOINTS:-from Service $POD_NAME}, every ${INTERVAL_SECONDS}s"
+rm -f "$READY_FILE"
+last="" passes=0
+while :; do
+  reconcile
+  if [ -z "$reason" ]; then
+    now="in effect: port=$RELAY_PORT endpoints=$desired stored=$stored"
+    : >"$READY_FILE"
+  else
+    now="not ready: $reason"
+    rm -f "$READY_FILE"
+  fi
+  # say it when it changes; the hook and helm test read the last "in effect" line
+  [ "$now" = "$last" ] || log "$now"
+  last="$now" passes=$((passes + 1))
+  [ "$passes" != "${MAX_PASSES:-}" ] || exit 0
+  sleep "$INTERVAL_SECONDS"
+done
