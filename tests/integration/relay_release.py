@@ -120,6 +120,20 @@ class Release:
             time.sleep(2)
         pytest.fail(f"relay pod {pod} not Ready after {timeout}s\n{self.describe()}")
 
+    def sidecar_log(self, pod: str) -> str:
+        """The relay-settings sidecar's log (what it saw and set)."""
+        try:
+            return self.core.read_namespaced_pod_log(pod, self.namespace, container="relay-settings", tail_lines=40)
+        except client.ApiException as error:
+            return f"(no relay-settings log: {error.reason})"
+
+    def hook_jobs_created_since(self, since) -> list[str]:
+        """Hook Jobs the Job controller reported created after SINCE (an aware datetime), from the namespace's events:
+        a succeeded hook Job is deleted at once, so listing Jobs cannot tell whether one ran."""
+        return [e.involved_object.name for e in self.core.list_namespaced_event(self.namespace).items
+                if e.involved_object.kind == "Job" and e.reason == "SuccessfulCreate"
+                and (e.last_timestamp or e.event_time or e.metadata.creation_timestamp) > since]
+
     def hook_log(self) -> str:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector="app.kubernetes.io/component=hook").items
         return "\n".join(self.core.read_namespaced_pod_log(p.metadata.name, self.namespace) for p in pods)

@@ -46,8 +46,15 @@ def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
     assert not can(kube_api, ns, relay_sa, "create", "secrets", "anything")
     assert not can(kube_api, ns, relay_sa, "list", "secrets", None)
 
-    assert can(kube_api, ns, hook_sa, "create", "pods", release.pod(0), "exec")
-    assert not can(kube_api, ns, hook_sa, "create", "pods", "unrelated", "exec"), "the hook can exec into a foreign pod"
-    assert not can(kube_api, ns, hook_sa, "get", "pods", "unrelated", "exec")
+    # the relay-settings sidecar reads its own Service, nothing else
+    assert can(kube_api, ns, relay_sa, "get", "services", release.pod(0))
+    assert not can(kube_api, ns, relay_sa, "list", "services", None)
+
+    # no exec anywhere: exec into the relay would read its auth key
+    for verb in ("create", "get"):
+        assert not can(kube_api, ns, hook_sa, verb, "pods", release.pod(0), "exec"), f"the hook can {verb} pods/exec"
+        assert not can(kube_api, ns, relay_sa, verb, "pods", release.pod(0), "exec")
+    assert can(kube_api, ns, hook_sa, "get", "pods", release.pod(0), "log")
+    assert not can(kube_api, ns, hook_sa, "get", "pods", "unrelated", "log")
     assert not can(kube_api, ns, hook_sa, "get", "secrets", f"{release.fullname}-auth")
     assert not can(kube_api, ns, hook_sa, "list", "pods", None)

@@ -1,0 +1,111 @@
+"""Day two: whatever happens to a running release, each relay is soon back to advertising its Service's current
+addresses on relay.port, with no helm command. The relay-settings sidecar does it (chart/files/relay-settings.sh)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+PORT = 61441
+SEED = {"relay": {"port": PORT}, "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}}
+# The sidecar checks every 10 s (settingsSidecar.intervalSeconds); a re-login adds a container restart and a login.
+WITHIN = 120
+
+
+def eventually_advertises(release, index: int, timeout: int = WITHIN) -> tuple[str, set[str]]:
+    """Waits until replica INDEX advertises RELAY port and exactly its Service's current addresses; returns them."""
+    pod = release.pod(index)
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        try:
+            wanted = release.service_endpoints(index, PORT)
+            seen = release.relay_settings(pod)
+            if wanted and seen == (str(PORT), wanted):
+                return seen
+        except Exception as error:  # the relay container restarting, the Service changing
+            seen = repr(error)
+        time.sleep(3)
+    pytest.fail(f"{pod} did not come back to port {PORT} and endpoints {release.service_endpoints(index, PORT)} "
+                f"within {timeout}s; last seen: {seen}\n{release.sidecar_log(pod)}\n{release.describe()}")
+
+
+def headscale(*args: str) -> str:
+    container = f"{os.environ.get('KIND_CLUSTER_NAME', 'relay-test')}-headscale"
+    result = subprocess.run(["docker", "exec", container, "headscale", *args], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, f"headscale {' '.join(args)} failed: {result.stderr}"
+    return result.stdout
+
+
+def test_a_relogin_that_wipes_the_settings_is_repaired(release):
+    release.install(SEED)
+    pod = release.pod(0)
+    eventually_advertises(release, 0)
+    # The node is deleted on the control server (an admin, an expiry): at its next start the relay logs in again
+    # as a new node, and `tailscale up` replaces every preference, the relay settings included.
+    node_key = json.loads(release.tailscale(pod, "status", "--json"))["Self"]["PublicKey"]
+    node = next(n for n in json.loads(headscale("nodes", "list", "-o", "json")) if n["node_key"] == node_key)
+    headscale("nodes", "delete", "--identifier", str(node["id"]), "--force")
+    release.core.delete_namespaced_pod(pod, release.namespace)
+    deadline = time.monotonic() + WITHIN
+    while time.monotonic() < deadline:
+        again = [n for n in json.loads(headscale("nodes", "list", "-o", "json")) if n["node_key"] == node_key]
+        if again and again[0]["id"] != node["id"]:
+            break  # registered again, as a new node (tailscaled keeps its node key)
+        time.sleep(3)
+    else:
+        pytest.fail(f"the relay did not register again after its node was deleted\n{release.describe()}")
+    eventually_advertises(release, 0)
+    assert "the relay had port '' endpoints ''" in release.sidecar_log(pod), \
+        "the sidecar should have seen the re-login's empty settings and set them again"
+    release.wait_pod_ready(pod)
+
+
+def test_a_new_load_balancer_address_is_advertised(release):
+    release.install(SEED)
+    eventually_advertises(release, 0)
+    service = release.core.read_namespaced_service(release.pod(0), release.namespace)
+    old = {i.ip for i in service.status.load_balancer.ingress}
+    # Move the Service to other addresses of the MetalLB pool, as a pool edit or a recreated cloud LB would.
+    new = {ip: next_free(release, ip) for ip in old}
+    release.core.patch_namespaced_service(release.pod(0), release.namespace, {"metadata": {"annotations": {
+        "metallb.io/loadBalancerIPs": ",".join(new.values())}}})
+    deadline = time.monotonic() + 60
+    while release.service_endpoints(0, PORT) == {f"[{ip}]:{PORT}" if ":" in ip else f"{ip}:{PORT}" for ip in old}:
+        if time.monotonic() > deadline:
+            pytest.fail(f"MetalLB did not move the Service to {sorted(new.values())} within 60s")
+        time.sleep(2)
+    _, endpoints = eventually_advertises(release, 0)
+    assert {e.rsplit(":", 1)[0].strip("[]") for e in endpoints} == set(new.values()), endpoints
+
+
+def next_free(release, ip: str) -> str:
+    """An address of the same family in the MetalLB pool that no Service uses."""
+    import ipaddress
+
+    used = {i.ip for s in release.core.list_service_for_all_namespaces().items
+            for i in (s.status.load_balancer.ingress or []) if i.ip}
+    candidate = ipaddress.ip_address(ip)
+    for _ in range(40):
+        candidate += 1
+        if str(candidate) not in used:
+            return str(candidate)
+    pytest.fail(f"no free pool address after {ip}")
+
+
+def test_a_deleted_relay_pod_comes_back_relaying_without_the_hook(release):
+    release.install(SEED)
+    pod = release.pod(0)
+    eventually_advertises(release, 0)
+    old_uid = release.core.read_namespaced_pod(pod, release.namespace).metadata.uid
+    release.core.delete_namespaced_pod(pod, release.namespace)
+    deadline = time.monotonic() + WITHIN
+    while release.wait_pod_ready(pod).metadata.uid == old_uid and time.monotonic() < deadline:
+        time.sleep(2)
+    eventually_advertises(release, 0)
