@@ -30,7 +30,11 @@ def test_hook_runs_after_install_upgrade_and_rollback_and_cleans_up():
 def test_hook_fails_once_and_clearly_within_its_deadline():
     spec = hook_job({"hook": {"timeoutSeconds": 120}})["spec"]
     assert spec["backoffLimit"] == 0
-    assert spec["activeDeadlineSeconds"] == 180
+    assert spec["activeDeadlineSeconds"] == 150
+    default = hook_job()["spec"]
+    assert default["activeDeadlineSeconds"] < 300, "the Job must end before Helm's default 5-minute --timeout"
+    limits = default["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "cpu" in limits and "memory" in limits, "a ResourceQuota on limits admits only pods that set them"
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert env_of(pod["containers"][0])["TIMEOUT_SECONDS"] == "120"
@@ -48,7 +52,7 @@ def test_hook_pod_settings_follow_values():
     assert pod["serviceAccountName"] == f"{FULLNAME}-hook"
     assert container["image"] == "example/kubectl:1.34"
     assert container["imagePullPolicy"] == "Never"
-    assert container["resources"]["limits"] == {"memory": "64Mi"}
+    assert container["resources"]["limits"]["memory"] == "64Mi"
     assert container["command"] == ["/bin/sh", "/scripts/relay-hook.sh", "apply"]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError", "a failure should show in kubectl describe"
     env = env_of(container)

@@ -1,5 +1,8 @@
 """values.schema.json: itself valid, strict about keys, types, ranges and endpoint forms."""
+import ipaddress
 import json
+import random
+import re
 
 import jsonschema
 import pytest
@@ -97,17 +100,53 @@ BAD_ENDPOINTS = [
     "[172.16.2.3]:61441",
     "relay.example.com:61441",
     "[fdc9::3]",
+    "[1:::2]:61441",  # not IPv6 at all; tailscale would refuse it
+    "[1:2:3:4:5:6:7:8:9]:61441",
+    "[fe80::1%eth0]:61441",
+    " 172.16.2.3:61441",
 ]
-GOOD_ENDPOINTS = ["172.16.2.3:61441", "[fdc9:b01a:9d26:0:2::3]:61441", "[::1]:1", "10.0.0.1:65535", "[::ffff:10.0.0.1]:40000"]
+GOOD_ENDPOINTS = ["172.16.2.3:61441", "[fdc9:b01a:9d26:0:2::3]:61441", "[::1]:1", "10.0.0.1:65535", "[::ffff:10.0.0.1]:40000",
+                  "[2001:DB8:0:0::1]:40000", "[::]:40000", "[1::]:40000", "[1:2:3:4:5:6:1.2.3.4]:40000"]
 
 
 @pytest.mark.parametrize("endpoint", BAD_ENDPOINTS)
-def test_malformed_endpoints_fail(endpoint):
+def test_malformed_endpoints_fail_saying_what_is_expected(endpoint):
     with pytest.raises(RenderError) as failure:
         render({"relay": {"staticEndpoints": [endpoint]}})
-    assert "/relay/staticEndpoints/0" in str(failure.value)
+    assert (f"relay.staticEndpoints: {json.dumps(endpoint)} is not an endpoint: write IPv4:port or [IPv6]:port with a "
+            "port from 1 to 65535") in str(failure.value)
+    assert "(25[0-5]" not in str(failure.value), "the message should say it in words, not show the expression"
 
 
 @pytest.mark.parametrize("endpoint", GOOD_ENDPOINTS)
 def test_well_formed_endpoints_render(endpoint):
     assert render({"relay": {"staticEndpoints": [endpoint]}})
+
+
+def endpoint_expression() -> re.Pattern:
+    text = (CHART / "templates" / "validate.yaml").read_text()
+    return re.compile(re.search(r"\$endpoint := `([^`]+)`", text).group(1))
+
+
+def parses_like_tailscale(endpoint: str) -> bool:
+    """netip.ParseAddrPort without zones, port 1-65535 (Python's ipaddress agrees with Go's netip on these forms)."""
+    match = re.fullmatch(r"\[(?P<v6>[^\]%]+)\]:(?P<p6>[1-9][0-9]*)|(?P<v4>[0-9.]+):(?P<p4>[1-9][0-9]*)", endpoint)
+    if not match or int(match.group("p6") or match.group("p4")) > 65535:
+        return False
+    try:
+        ipaddress.ip_address(match.group("v6") or match.group("v4"))
+    except ValueError:
+        return False
+    return (match.group("v6") is None) or ":" in match.group("v6")
+
+
+def test_the_endpoint_expression_agrees_with_an_ip_parser():
+    expression, rng = endpoint_expression(), random.Random(7)
+    groups = ["", "0", "1", "ab", "ffff", "FFFF", "12345", "g", "1.2.3.4"]
+    samples = BAD_ENDPOINTS + GOOD_ENDPOINTS
+    for _ in range(5000):
+        address = ":".join(rng.choice(groups) for _ in range(rng.randint(0, 9)))
+        samples.append(f"[{address}]:{rng.choice([1, 80, 65535, 65536, 0])}")
+        samples.append(f"{'.'.join(str(rng.randint(0, 300)) for _ in range(rng.choice([3, 4, 5])))}:{rng.randint(0, 70000)}")
+    wrong = [s for s in samples if bool(expression.fullmatch(s)) != parses_like_tailscale(s)]
+    assert not wrong, f"validate.yaml's endpoint expression disagrees with an IP parser on {wrong[:10]}"

@@ -177,3 +177,8 @@ def test_service_account():
     assert spec["serviceAccountName"] == FULLNAME
     spec = one(render({"serviceAccount": {"create": False, "name": "mine"}}), "StatefulSet")["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == "mine"
+
+
+def test_a_relay_that_exits_leaves_its_reason_in_the_pod_status():
+    # With helm install --wait, Flux or Argo CD, the pod status is where a user looks first.
+    assert relay_container(render())["terminationMessagePolicy"] == "FallbackToLogsOnError"
