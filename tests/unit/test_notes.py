@@ -27,9 +27,18 @@ def test_check_commands_cover_every_replica():
     for pod in ("relay-tailscale-peer-relay-0", "relay-tailscale-peer-relay-1"):
         assert f"exec {pod} -c tailscale -- tailscale --socket=/tmp/tailscaled.sock get relay-server-port" in text
         assert f"get service {pod}" in text
+        assert f"logs {pod} -c relay-settings" in text
     assert "helm test relay --namespace tailnet" in text
 
 
 def test_notes_say_how_to_remove_the_kept_state():
     text = notes({"replicaCount": 2})
     assert "delete secret relay-tailscale-peer-relay-state-0 relay-tailscale-peer-relay-state-1" in text
+
+
+def test_node_port_with_local_traffic_policy_is_warned_about():
+    node_port = {"service": {"type": "NodePort", "nodePort": 30441}, "relay": {"staticEndpoints": ["192.0.2.20:30441"]}}
+    assert "after the relay pod moves to another node, traffic is dropped" in notes(node_port)
+    cluster = {**node_port, "service": {**node_port["service"], "externalTrafficPolicy": "Cluster"}}
+    assert "traffic is dropped" not in notes(cluster)
+    assert "traffic is dropped" not in notes()
