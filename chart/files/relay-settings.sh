@@ -116,5 +116,9 @@ while :; do
   [ "$now" = "$last" ] || log "$now"
   last="$now" passes=$((passes + 1))
   [ "$passes" != "${MAX_PASSES:-}" ] || exit 0
-  sleep "$INTERVAL_SECONDS"
+  # while tailscaled starts or logs in, look again soon (only its socket is asked, not the API server)
+  case "$reason" in
+    "tailscaled's LocalAPI"* | "the relay is not logged in"*) sleep "$((INTERVAL_SECONDS < 2 ? INTERVAL_SECONDS : 2))" ;;
+    *) sleep "$INTERVAL_SECONDS" ;;
+  esac
 done
