@@ -211,7 +211,8 @@ volumes:
     configMap:
       name: {{ include "relay.hookName" $root }}
   - name: tmp
-    emptyDir: {}
+    emptyDir:
+      sizeLimit: 16Mi
 {{- with $root.Values.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}

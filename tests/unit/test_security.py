@@ -70,3 +70,11 @@ def test_oauth_secret_is_only_in_its_secret():
 def test_service_account_tokens_are_mounted_only_where_the_api_is_used():
     for where, spec in all_pod_specs(render()):
         assert spec["serviceAccountName"].startswith("relay-tailscale-peer-relay"), where
+
+
+def test_every_scratch_volume_is_bounded():
+    # an emptyDir without sizeLimit can fill the node's disk (scanners flag it)
+    for where, spec in all_pod_specs(render({"replicaCount": 2})):
+        for volume in spec.get("volumes", []):
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), f"{where} volume {volume['name']} has no sizeLimit"
