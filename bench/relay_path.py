@@ -7,6 +7,10 @@ bench/rtt.png. It measures and records; it asserts nothing (tests/integration/te
   2. helm install with the write-up's settings: pings until the first relayed pong, and seconds since `helm install`.
   3. relay: the same pings, relayed; the relay pod's memory idle, and memory and CPU under iperf3 traffic.
   4. direct: the firewall opened, the physical baseline; iperf3 again.
+
+Per path it records `tailscale ping` (disco pings: the path the client chose; tailscale prints whole milliseconds)
+and ICMP echo through the tunnel from the LAN device's network namespace (microseconds; the same path, checked with
+`tailscale ping` before and after). The plot and the ratios use the ICMP round trips.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from kubernetes import client, config  # noqa: E402
 
 from chart_render import versions  # noqa: E402
 from relay_release import Release  # noqa: E402
-from tailnet import Tailnet  # noqa: E402
+from tailnet import Pong, Tailnet  # noqa: E402
 
 NAMESPACE = "relay-bench"
 PORT = 61441
@@ -50,6 +54,30 @@ def summary(pongs) -> dict:
     rtts = [p.rtt_ms for p in pongs]
     return {"count": len(rtts), "median_ms": round(statistics.median(rtts), 3), "p95_ms": round(percentile(rtts, 0.95), 3),
             "min_ms": round(min(rtts), 3), "max_ms": round(max(rtts), 3), "vias": sorted({p.via for p in pongs}),
+            "rtts_ms": rtts}
+
+
+def lan_pid(net: Tailnet) -> str:
+    return subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", net.lan], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def icmp(net: Tailnet, path: str, ip: str, count: int) -> dict:
+    """COUNT ICMP echoes to IP through the tunnel from the LAN device, on PATH (checked with tailscale ping before and
+    after); round trips in ms from ping's `time=` fields."""
+    def still_on(when: str):
+        seen = {p.via for p in net.ping(3)}
+        if {Pong(via, 0).path for via in seen} != {path}:
+            raise RuntimeError(f"ICMP on {path}: {when} the echoes the path was {seen}")
+
+    still_on("before")
+    out = subprocess.run(["nsenter", "-t", lan_pid(net), "-n", "ping", "-n", "-c", str(count), "-i", "0.05", "-W", "2",
+                          ip], capture_output=True, text=True, timeout=count + 60).stdout
+    rtts = [float(t) for t in re.findall(r"time=([\d.]+) ms", out)]
+    still_on("after")
+    log(f"{path}: {len(rtts)} ICMP echoes, median {statistics.median(rtts):.3f}ms")
+    return {"count": len(rtts), "lost": count - len(rtts), "median_ms": round(statistics.median(rtts), 3),
+            "p95_ms": round(percentile(rtts, 0.95), 3), "min_ms": round(min(rtts), 3), "max_ms": round(max(rtts), 3),
             "rtts_ms": rtts}
 
 
@@ -96,9 +124,7 @@ def iperf(net: Tailnet, workload_ip: str, server_pid: int, seconds: int, relay: 
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     before = crictl_stats(relay.pod(0), relay.namespace) if relay else None
-    lan_pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", net.lan], capture_output=True, text=True,
-                             check=True).stdout.strip()
-    result = subprocess.run(["nsenter", "-t", lan_pid, "-n", "iperf3", "-c", workload_ip, "-t", str(seconds), "-J"],
+    result = subprocess.run(["nsenter", "-t", lan_pid(net), "-n", "iperf3", "-c", workload_ip, "-t", str(seconds), "-J"],
                             capture_output=True, text=True, timeout=seconds + 60)
     after = crictl_stats(relay.pod(0), relay.namespace) if relay else None
     server.wait(timeout=30)
@@ -118,13 +144,13 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [k for k in ("direct", "relay", "derp") if k in results["rtt"]]
+    labels = [k for k in ("direct", "relay", "derp") if k in results["icmp"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
-    left.boxplot([results["rtt"][k]["rtts_ms"] for k in labels], vert=False, whis=(5, 95), showfliers=True)
-    left.set_yticks(range(1, len(labels) + 1), [f"{k}\nmedian {results['rtt'][k]['median_ms']:.2f} ms" for k in labels])
+    left.boxplot([results["icmp"][k]["rtts_ms"] for k in labels], vert=False, whis=(5, 95), showfliers=True)
+    left.set_yticks(range(1, len(labels) + 1), [f"{k}\nmedian {results['icmp'][k]['median_ms']:.3f} ms" for k in labels])
     left.set_xscale("log")
-    left.set_xlabel("tailscale ping RTT, ms (log scale; box 25-75 %, whiskers 5-95 %)")
-    left.set_title(f"LAN device → workload pod, {results['rtt'][labels[0]]['count']} pings per path")
+    left.set_xlabel("ICMP round trip through the tunnel, ms (log scale; box 25-75 %, whiskers 5-95 %)")
+    left.set_title(f"LAN device → workload pod, {results['icmp'][labels[0]]['count']} echoes per path")
     tput = results["throughput"]
     names = [k for k in ("direct", "relay") if k in tput]
     right.bar(names, [tput[k]["mbit_per_s"] for k in names], color=["#888", "#2a7"])
@@ -163,10 +189,11 @@ def main() -> None:
     workload_ip = net.lan_tailscale("ip", "-4", net.workload).stdout.strip()
     workload_pod = core.list_namespaced_pod(net.workload_namespace, label_selector="app=workload").items[0].metadata.name
     workload_pid = host_pid(crictl_stats(workload_pod, net.workload_namespace)["cid"])
-    results = {"rtt": {}, "throughput": {}}
+    results = {"rtt": {}, "icmp": {}, "throughput": {}}
 
     net.firewall("closed")
     results["rtt"]["derp"] = measure(net, "derp", args.pings)
+    results["icmp"]["derp"] = icmp(net, "derp", workload_ip, args.pings)
 
     log("helm install with the write-up's settings")
     started = time.monotonic()
@@ -179,6 +206,7 @@ def main() -> None:
                               "first_relayed_via": first.via}
     log(f"first relayed pong after {sent} pings: {results['relay_setup']}")
     results["rtt"]["relay"] = measure(net, "peer-relay", args.pings)
+    results["icmp"]["relay"] = icmp(net, "peer-relay", workload_ip, args.pings)
     time.sleep(10)
     results["relay_idle_memory_mib"] = round(crictl_stats(relay.pod(0), NAMESPACE)["memory_bytes"] / 2**20, 1)
     results["throughput"]["relay"] = iperf(net, workload_ip, workload_pid, args.iperf_seconds, relay)
@@ -186,13 +214,14 @@ def main() -> None:
     net.firewall("open")
     net.ping_until(lambda p: p.path == "direct", 300, "a direct path")
     results["rtt"]["direct"] = measure(net, "direct", args.pings)
+    results["icmp"]["direct"] = icmp(net, "direct", workload_ip, args.pings)
     results["throughput"]["direct"] = iperf(net, workload_ip, workload_pid, args.iperf_seconds, None)
     net.firewall("closed")
 
-    rtt = results["rtt"]
+    rtt = results["icmp"]
     results["ratios"] = {
-        "relay_over_direct_median": round(rtt["relay"]["median_ms"] / rtt["direct"]["median_ms"], 2),
-        "derp_over_relay_median": round(rtt["derp"]["median_ms"] / rtt["relay"]["median_ms"], 2),
+        "relay_over_direct_icmp_median": round(rtt["relay"]["median_ms"] / rtt["direct"]["median_ms"], 2),
+        "derp_over_relay_icmp_median": round(rtt["derp"]["median_ms"] / rtt["relay"]["median_ms"], 2),
         "relay_over_direct_throughput": round(results["throughput"]["relay"]["mbit_per_s"]
                                               / results["throughput"]["direct"]["mbit_per_s"], 2),
     }

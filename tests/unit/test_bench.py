@@ -1,0 +1,49 @@
+"""bench/results.json (written by scripts/bench) is complete, and the README quotes it, not older numbers."""
+import json
+
+import pytest
+
+from chart_render import REPO
+
+RESULTS = REPO / "bench" / "results.json"
+PATHS = ("direct", "relay", "derp")
+
+
+@pytest.fixture(scope="module")
+def results():
+    assert RESULTS.exists(), "bench/results.json is missing: run scripts/bench"
+    return json.loads(RESULTS.read_text())
+
+
+def test_every_path_was_measured_on_its_own_path(results):
+    expected = {"direct": "direct", "relay": "peer-relay", "derp": "derp"}
+    for path in PATHS:
+        icmp = results["icmp"][path]
+        assert icmp["count"] >= 200 and len(icmp["rtts_ms"]) == icmp["count"], path
+        vias = results["rtt"][path]["vias"]
+        prefix = {"direct": "", "peer-relay": "peer-relay(", "derp": "DERP("}[expected[path]]
+        assert vias and all(v.startswith(prefix) for v in vias), f"{path} pongs came via {vias}"
+    assert (REPO / "bench" / "rtt.png").stat().st_size > 10_000, "the plot is missing"
+
+
+def readme_lines(results) -> list[str]:
+    icmp, tput, setup = results["icmp"], results["throughput"], results["relay_setup"]
+    lines = [f"| {name} | {icmp[path]['median_ms']:.3f} ms | {icmp[path]['p95_ms']:.3f} ms |"
+             for path, name in (("direct", "direct (firewall open)"), ("relay", "**peer relay**"),
+                                ("derp", "DERP (Headscale, same network)"))]
+    lines += [
+        f"relay/direct {results['ratios']['relay_over_direct_icmp_median']}×, "
+        f"DERP/relay {results['ratios']['derp_over_relay_icmp_median']}×",
+        f"first relayed pong after {setup['pings_until_relayed']} pings, "
+        f"{setup['s_from_install_to_first_relayed_pong']} s after `helm install` started",
+        f"{tput['relay']['mbit_per_s']} Mbit/s through the relay, {tput['direct']['mbit_per_s']} Mbit/s direct",
+        f"relay pod: {results['relay_idle_memory_mib']} MiB idle; {tput['relay']['relay_memory_mib']} MiB and "
+        f"{tput['relay']['relay_cpu_cores']} CPU cores under that iperf3 load",
+    ]
+    return lines
+
+
+def test_readme_quotes_the_results(results):
+    readme = (REPO / "README.md").read_text()
+    missing = [line for line in readme_lines(results) if line not in readme]
+    assert not missing, f"README.md does not quote bench/results.json; update README.md.gotmpl with: {missing}"
