@@ -9,6 +9,8 @@
 # (comma-separated, empty = discover from each replica's LoadBalancer Service), TIMEOUT_SECONDS,
 # CONTAINER (the relay container), SIDECAR (the relay-settings container).
 set -eu
+# shellcheck source=relay-endpoints.sh
+. "$(dirname "$0")/relay-endpoints.sh"
 
 mode="${1:-apply}"
 case "$mode" in
@@ -71,25 +73,11 @@ pod_log_hint() {
     sed -E 's/^[0-9]{4}\/[0-9]{2}\/[0-9]{2} [0-9:.]+ //') || true
 }
 
-# service_endpoints SERVICE: sets $endpoints from the LoadBalancer ingress IPs, both families.
-service_endpoints() {
-  ips=$(k get service "$1" -o jsonpath='{range .status.loadBalancer.ingress[*]}{.ip}{" "}{end}' 2>/dev/null) || return 1
-  names=$(k get service "$1" -o jsonpath='{range .status.loadBalancer.ingress[*]}{.hostname}{" "}{end}' 2>/dev/null) || return 1
-  if [ -z "${ips# }" ] && [ -n "${names# }" ]; then
-    fail "Service $1 got only hostnames ($names) from its load balancer; a relay advertises IP addresses: set relay.staticEndpoints"
-  fi
-  [ -n "${ips# }" ] || return 1
-  policy=$(k get service "$1" -o jsonpath='{.spec.ipFamilyPolicy}')
-  have_v4=no; have_v6=no; endpoints=""
-  for ip in $ips; do
-    case "$ip" in
-      *:*) endpoints="$endpoints,[$ip]:$RELAY_PORT"; have_v6=yes ;;
-      *) endpoints="$endpoints,$ip:$RELAY_PORT"; have_v4=yes ;;
-    esac
-  done
-  endpoints="${endpoints#,}"
-  # A RequireDualStack Service is not done until it has an address of each family.
-  [ "$policy" != "RequireDualStack" ] || { [ "$have_v4" = yes ] && [ "$have_v6" = yes ]; }
+# service_endpoints (relay-endpoints.sh), except that hostname-only load balancers fail at once.
+lb_endpoints() {
+  service_endpoints "$1" && return 0
+  [ "$hostnames_only" = no ] || fail "$reason"
+  return 1
 }
 
 # sidecar_confirms: the relay-settings sidecar's latest report is "in effect" with $RELAY_PORT and $endpoints.
@@ -129,7 +117,7 @@ while [ "$i" -lt "$REPLICAS" ]; do
   else
     log "$pod: waiting for Service $service to get a load balancer address"
     timeout_hint() { log "Service $service status: $(k get service "$service" -o jsonpath='{.status}' 2>&1)"; }
-    wait_until "Service $service to get a LoadBalancer address (is a load balancer controller serving it? see kubectl describe service $service)" service_endpoints "$service"
+    wait_until "Service $service to get a LoadBalancer address (is a load balancer controller serving it? see kubectl describe service $service)" lb_endpoints "$service"
     log "$pod: discovered endpoints $endpoints from Service $service"
   fi
 

@@ -15,6 +15,9 @@
 # socket tables to look in, default /proc/net/udp and udp6) and MAX_PASSES (stop after that many).
 set -u
 
+# shellcheck source=relay-endpoints.sh
+. "$(dirname "$0")/relay-endpoints.sh"
+
 log() { printf '%s relay-settings: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
 
 # localapi PATH [CURL ARGS...]: tailscaled's LocalAPI (what the tailscale CLI talks to).
@@ -33,30 +36,13 @@ json_endpoints() { sed -n 's/.*"RelayServerStaticEndpoints":\[\("[^"]*"\(,"[^"]*
 # desired_endpoints: sets $desired, or $reason and fails.
 desired_endpoints() {
   if [ -n "$STATIC_ENDPOINTS" ]; then desired="$STATIC_ENDPOINTS"; return 0; fi
-  svc=$(kubectl --namespace "$NAMESPACE" get service "$POD_NAME" \
-    -o jsonpath='{.spec.ipFamilyPolicy}|{range .status.loadBalancer.ingress[*]}{.ip} {end}|{range .status.loadBalancer.ingress[*]}{.hostname} {end}' 2>&1) ||
-    { reason="cannot read Service $POD_NAME: $svc (a replica added outside Helm has no Service: scale with replicaCount)"; return 1; }
-  policy="${svc%%|*}"; rest="${svc#*|}"; ips="${rest%%|*}"; names="${rest#*|}"; names="${names% }"
-  if [ -z "${ips# }" ]; then
-    if [ -n "${names# }" ]; then
-      reason="Service $POD_NAME got only hostnames ($names) from its load balancer; a relay advertises IP addresses: set relay.staticEndpoints"
-    else
-      reason="waiting for Service $POD_NAME to get a LoadBalancer address"
-    fi
-    return 1
-  fi
-  desired=""; have_v4=no; have_v6=no
-  for ip in $ips; do
-    case "$ip" in
-      *:*) desired="$desired,[$ip]:$RELAY_PORT"; have_v6=yes ;;
-      *) desired="$desired,$ip:$RELAY_PORT"; have_v4=yes ;;
+  if ! service_endpoints "$POD_NAME"; then
+    case "$reason" in
+      "cannot read Service"*) reason="$reason (a replica added outside Helm has no Service: scale with replicaCount)" ;;
     esac
-  done
-  desired="${desired#,}"
-  if [ "$policy" = RequireDualStack ] && { [ "$have_v4" = no ] || [ "$have_v6" = no ]; }; then
-    reason="waiting for Service $POD_NAME (RequireDualStack) to get an address of each family; has $desired"
     return 1
   fi
+  desired="$endpoints"
 }
 
 # udp_bound PORT: some socket in this pod's network namespace holds UDP PORT (the relay server's).

@@ -88,7 +88,8 @@ class HookRun:
         self.tmp_path = tmp_path
         tmp_path.mkdir(parents=True, exist_ok=True)
         manifests = render(values)
-        self.script = one(manifests, "ConfigMap", f"{FULLNAME}-hook")["data"]["relay-hook.sh"]
+        for name, text in one(manifests, "ConfigMap", f"{FULLNAME}-hook")["data"].items():
+            (tmp_path / name).write_text(text)
         self.env = {k: v for k, v in env_of(hook_job(values)["spec"]["template"]["spec"]["containers"][0]).items()
                     if isinstance(v, str)}
         self.world_path = tmp_path / "world.json"
@@ -96,7 +97,6 @@ class HookRun:
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
         (bin_dir / "kubectl").symlink_to(FAKE_KUBECTL)
-        (tmp_path / "relay-hook.sh").write_text(self.script)
         self.path = f"{bin_dir}:{os.environ['PATH']}"
 
     def __call__(self, mode="apply", timeout=None):

@@ -73,8 +73,8 @@ class Sidecar:
 
     def __init__(self, tmp_path: Path, values: dict | None = None, world: dict | None = None, **tailscaled):
         self.tmp_path = tmp_path
-        script = one(render(values), "ConfigMap", f"{FULLNAME}-hook")["data"]["relay-settings.sh"]
-        (tmp_path / "relay-settings.sh").write_text(script)
+        for name, text in one(render(values), "ConfigMap", f"{FULLNAME}-hook")["data"].items():
+            (tmp_path / name).write_text(text)
         self.env = {k: v for k, v in env_of(sidecar(values)).items() if isinstance(v, str)}
         self.world_path = tmp_path / "world.json"
         self.world_path.write_text(json.dumps(world if world is not None else service_world()))

@@ -21,10 +21,12 @@ def test_script_passes_shellcheck(script):
     assert result.returncode == 0, result.stdout
 
 
-def test_hook_script_is_posix_sh():
-    # The hook runs in any image with a POSIX shell and kubectl (Alpine's ash, Debian's dash).
-    script = REPO / "chart" / "files" / "relay-hook.sh"
-    result = subprocess.run([SHELLCHECK, "--shell=sh", str(script)], capture_output=True, text=True)
+@pytest.mark.parametrize("name", ["relay-hook.sh", "relay-settings.sh", "relay-endpoints.sh"])
+def test_chart_scripts_are_posix_sh(name):
+    # The hook and the relay-settings sidecar run in any image with a POSIX shell, kubectl and curl (Alpine's ash,
+    # Debian's dash); relay-endpoints.sh is sourced by both.
+    files = REPO / "chart" / "files"
+    result = subprocess.run([SHELLCHECK, "-x", "--shell=sh", name], cwd=files, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
-    result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    result = subprocess.run(["sh", "-n", name], cwd=files, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
