@@ -58,13 +58,16 @@ json_list() { printf '%s' "$1" | sed 's/[^,][^,]*/"&"/g'; }
 # One pass: sets $reason (empty when all is well).
 reconcile() {
   reason=""
-  status=$(localapi 'status?peers=false' 2>&1 | compact) || { reason="tailscaled's LocalAPI does not answer yet: $status"; return; }
+  # (curl's status, not the pipe's: compact after the answer is in)
+  status=$(localapi 'status?peers=false' 2>&1) || { reason="tailscaled's LocalAPI does not answer yet: $status"; return; }
+  status=$(printf '%s' "$status" | compact)
   case "$status" in
     *'"BackendState":"Running"'*) ;;
     *) reason="the relay is not logged in yet ($(printf '%s' "$status" | sed -n 's/.*"BackendState":"\([A-Za-z]*\)".*/\1/p'))"; return ;;
   esac
   desired_endpoints || return
-  prefs=$(localapi prefs 2>&1 | compact) || { reason="cannot read the relay's preferences: $prefs"; return; }
+  prefs=$(localapi prefs 2>&1) || { reason="cannot read the relay's preferences: $prefs"; return; }
+  prefs=$(printf '%s' "$prefs" | compact)
   port=$(printf '%s' "$prefs" | json_port)
   stored=$(printf '%s' "$prefs" | json_endpoints)
   # tailscale stores endpoints deduplicated, IPv4 first, IPv6 canonical: compare with what it stored

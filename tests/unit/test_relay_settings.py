@@ -205,3 +205,11 @@ def test_sets_nothing_without_a_usable_address(make, world, reason):
     out = run.run()
     assert not run.tailscaled.patches, "no endpoints must never clear the relay's endpoints"
     assert not run.ready and reason in out, out
+
+
+def test_says_when_tailscaled_is_not_there_yet(make):
+    run = make()
+    run.tailscaled.close()
+    run.tailscaled.socket_path.unlink()
+    out = run.run()
+    assert not run.ready and "not ready: tailscaled's LocalAPI does not answer yet" in out, out
