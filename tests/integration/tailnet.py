@@ -104,13 +104,6 @@ class Tailnet:
                 return peer
         pytest.fail(f"the LAN device does not see {self.workload} as a peer: {sorted(status.get('Peer') or {})}")
 
-    def lan_addresses(self) -> list[str]:
-        """The LAN device's addresses on the kind network (what a relay sees as its source)."""
-        result = subprocess.run(["docker", "inspect", "-f",
-                                 "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.GlobalIPv6Address}} {{end}}",
-                                 self.lan], capture_output=True, text=True, timeout=30)
-        return result.stdout.split()
-
     def firewall(self, mode: str, *deny: str) -> None:
         """The LAN device's firewall: 'closed' (UDP only to Headscale and the LoadBalancer ranges, and never to DENY)
         or 'open' (direct paths work)."""

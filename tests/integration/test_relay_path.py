@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 
 import pytest
 
@@ -36,8 +37,6 @@ def tailnet(kube_api, core):
 
 
 def wait_for_no_relays(core, timeout: int = 180):
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         left = [f"{p.metadata.namespace}/{p.metadata.name}" for p in core.list_pod_for_all_namespaces(
