@@ -25,6 +25,9 @@ HOOK_IMAGE="localhost/relay-hook:${KUBERNETES_VERSION}"
 HEADSCALE_IMAGE="localhost/headscale:${HEADSCALE_VERSION}"
 METALLB_CONTROLLER_IMAGE="localhost/metallb-controller:${METALLB_VERSION}"
 METALLB_SPEAKER_IMAGE="localhost/metallb-speaker:${METALLB_VERSION}"
+REGISTRY_IMAGE="localhost/registry:${DISTRIBUTION_VERSION}"
+FLUX_SOURCE_IMAGE="localhost/flux-source-controller:${FLUX_SOURCE_CONTROLLER_VERSION}"
+FLUX_HELM_IMAGE="localhost/flux-helm-controller:${FLUX_HELM_CONTROLLER_VERSION}"
 
 # The kind cluster (as scripts/cluster names it) and the Headscale container on
 # its docker network; `scripts/cluster down` removes containers named <cluster>-*.
@@ -33,6 +36,9 @@ KIND_NETWORK="${KIND_EXPERIMENTAL_DOCKER_NETWORK:-kind}"
 HEADSCALE_CONTAINER="$CLUSTER_NAME-headscale"
 HEADSCALE_USER="relay-test"
 HEADSCALE_PORT=8080
+# The OCI registry the distribution tests push the chart to (and Flux pulls it from): plain HTTP.
+REGISTRY_CONTAINER="$CLUSTER_NAME-registry"
+REGISTRY_PORT=5000
 
 # The tailnet in a box (scripts/images/tailnet): a "LAN device" (a tailnet client
 # in a docker container on the kind network, outside the cluster) and a
@@ -93,6 +99,9 @@ headscale_addrs() { # -> "IPV4 IPV6" (IPV6 empty on a single-stack network)
   [[ -n "$v4" ]] || die "docker network '$KIND_NETWORK' has no IPv4 subnet"
   echo "$v4 $v6"
 }
+
+# registry_addr -> the OCI registry's IPv4 address on the kind network, next to Headscale's
+registry_addr() { local s; for s in $(kind_net_subnets); do [[ "$s" == *:* ]] || { addr_in "$s" -7; return; }; done; }
 
 # metallb_ranges -> one "FIRST-LAST" range per kind subnet: the 48 addresses at
 # -64..-17 (Headscale sits at -6), from which MetalLB hands out LoadBalancer IPs

@@ -9,12 +9,21 @@ they assert.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import subprocess
+import threading
 import uuid
 
 import pytest
 
+from chart_render import TOOLS
 from relay_release import unavailable
+from release_keys import gpg_key, run_release
+
+COSIGN_PASSWORD = "throw-away"
+CHART_NAME = "tailscale-peer-relay"
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +66,46 @@ def release(kube_api, namespace):
     from relay_release import Release
 
     return Release(kube_api, namespace)
+
+
+def cosign_key_pair(directory, prefix):
+    """A cosign key pair PREFIX.key (password COSIGN_PASSWORD) and PREFIX.pub in DIRECTORY."""
+    subprocess.run([str(TOOLS / "cosign"), "generate-key-pair", "--output-key-prefix", prefix], cwd=directory,
+                   check=True, capture_output=True, env={**os.environ, "COSIGN_PASSWORD": COSIGN_PASSWORD})
+    return directory / f"{prefix}.key", directory / f"{prefix}.pub"
+
+
+@pytest.fixture(scope="session")
+def classic_server(tmp_path_factory):
+    """An HTTP server on loopback for the classic repositories (one directory per repository)."""
+    root = tmp_path_factory.mktemp("www")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    handler.log_message = lambda *args: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory, classic_server):
+    """One scripts/release run for the whole session: the signed package pushed to the registry on the kind network
+    (REGISTRY) with a cosign signature and the Artifact Hub metadata, and a classic repository under the HTTP server.
+    The chart-distribution and Flux tests install from it."""
+    registry = os.environ.get("REGISTRY")
+    if not registry:
+        unavailable("REGISTRY unset")
+    keys = tmp_path_factory.mktemp("keys")
+    gpg = gpg_key(keys)
+    cosign_key, cosign_pub = cosign_key_pair(keys, "release")
+    _, other_pub = cosign_key_pair(keys, "other")
+    www, base_url = classic_server
+    repo_dir = www / "charts"
+    oci = f"oci://{registry}/it-{uuid.uuid4().hex[:8]}"
+    result, made = run_release("--out", str(repo_dir), "--gpg-key", gpg.name, "--gpg-keyring", str(gpg.secret_keyring),
+                               "--oci", oci, "--cosign-key", str(cosign_key), "--repo-url", f"{base_url}/charts",
+                               "--plain-http", env={"COSIGN_PASSWORD": COSIGN_PASSWORD})
+    assert result.returncode == 0, result.stderr
+    return {**made, "gpg": gpg, "cosign_pub": cosign_pub, "other_pub": other_pub, "oci": oci, "www": www,
+            "base_url": base_url, "version": made["OCI_REF"].rsplit(":", 1)[1],
+            "oci_chart": f"{oci}/{CHART_NAME}", "ref": f"{oci.removeprefix('oci://')}/{CHART_NAME}"}

@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 from kubernetes.stream import stream
 
-from chart_render import CHART, deep_merge, run_helm
+from chart_render import CHART, HELM, deep_merge, run_helm
 
 ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
 REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "HOOK_IMAGE")
@@ -43,31 +43,37 @@ def cluster_values() -> dict:
 
 
 class Release:
-    """One Helm release of the chart in one namespace."""
+    """One Helm release of the chart in one namespace. CHART is what helm installs (the chart directory, a package,
+    oci://…, repo/name) and HELM_BINARY which helm (Helm 4 by default; .tools/bin/helm3 for Helm 3)."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, name: str = "relay"):
+    def __init__(self, api: client.ApiClient, namespace: str, name: str = "relay", chart: str = str(CHART),
+                 helm_binary: str = HELM, chart_args: tuple[str, ...] = ()):
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.namespace = namespace
         self.name = name
         self.fullname = f"{name}-tailscale-peer-relay"
+        self.chart = chart
+        self.helm_binary = helm_binary
+        self.chart_args = chart_args
 
     def helm(self, *args: str, values: dict | None = None, check: bool = True,
              timeout: int = 600) -> subprocess.CompletedProcess:
         """Runs helm in the release's namespace; VALUES are merged over the cluster's images and credentials."""
         merged = deep_merge(cluster_values(), values) if values is not None else None
-        result = run_helm(*args, "--namespace", self.namespace, values=merged, timeout=timeout)
+        result = run_helm(*args, "--namespace", self.namespace, values=merged, timeout=timeout, helm=self.helm_binary)
         if check and result.returncode != 0:
             pytest.fail(f"helm {' '.join(args[:2])} failed:\n{result.stdout}\n{result.stderr}\n{self.describe()}")
         return result
 
     def install(self, values: dict | None = None, check: bool = True, wait: bool = True, timeout: str = "5m"):
-        return self.helm("install", self.name, str(CHART), "--timeout", timeout, *(["--wait"] if wait else []),
-                         values=values or {}, check=check)
+        return self.helm("install", self.name, self.chart, *self.chart_args, "--timeout", timeout,
+                         *(["--wait"] if wait else []), values=values or {}, check=check)
 
     def upgrade(self, values: dict | None = None, check: bool = True):
-        return self.helm("upgrade", self.name, str(CHART), "--wait", "--timeout", "5m", values=values or {}, check=check)
+        return self.helm("upgrade", self.name, self.chart, *self.chart_args, "--wait", "--timeout", "5m",
+                         values=values or {}, check=check)
 
     def rollback(self, revision: int):
         return self.helm("rollback", self.name, str(revision), "--wait", "--timeout", "5m")

@@ -27,6 +27,12 @@ def test_hook_runs_after_install_upgrade_and_rollback_and_cleans_up():
     assert hook_job({"hook": {"weight": -3}})["metadata"]["annotations"]["helm.sh/hook-weight"] == "-3"
 
 
+def test_the_test_pod_stays_after_success_so_helm3_test_logs_can_read_it():
+    pod = one(render(), "Pod", f"{FULLNAME}-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation", \
+        "with hook-succeeded, Helm 3's `helm test --logs` fails: the Pod is gone before it reads the log"
+
+
 def test_hook_fails_once_and_clearly_within_its_deadline():
     spec = hook_job({"hook": {"timeoutSeconds": 120}})["spec"]
     assert spec["backoffLimit"] == 0

@@ -1,0 +1,191 @@
+"""Flux, for real: Flux's own source-controller and helm-controller (scripts/images/flux) install the chart from the
+OCI registry with Flux's recommended settings (OCIRepository with a cosign-verified chart, HelmRelease with drift
+detection, helm tests and rollback remediation), and the relay's identity survives what Flux does to a release."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from kubernetes import client
+
+from relay_release import Release, cluster_values
+
+pytestmark = pytest.mark.integration
+
+PORT = 41641
+INTERVAL = "30s"
+SOURCE = ("source.toolkit.fluxcd.io", "v1", "ocirepositories")
+HELMRELEASE = ("helm.toolkit.fluxcd.io", "v2", "helmreleases")
+
+
+class Flux:
+    """The OCIRepository and HelmRelease of one test namespace."""
+
+    def __init__(self, kube_api, namespace: str, published: dict):
+        self.objects = client.CustomObjectsApi(kube_api)
+        self.core = client.CoreV1Api(kube_api)
+        self.namespace = namespace
+        self.published = published
+        self.release = Release(kube_api, namespace)
+
+    def create_source(self):
+        self.core.create_namespaced_secret(self.namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(name="cosign-public-key"),
+            string_data={"cosign.pub": self.published["cosign_pub"].read_text()}))
+        self.objects.create_namespaced_custom_object(*SOURCE[:2], self.namespace, SOURCE[2], {
+            "apiVersion": "/".join(SOURCE[:2]), "kind": "OCIRepository",
+            "metadata": {"name": "tailscale-peer-relay"},
+            "spec": {
+                "interval": "5m",
+                "url": self.published["oci_chart"],
+                "ref": {"semver": self.published["version"]},
+                "insecure": True,  # the test registry speaks plain HTTP
+                "layerSelector": {"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+                                  "operation": "copy"},
+                "verify": {"provider": "cosign", "secretRef": {"name": "cosign-public-key"}},
+            }})
+
+    def helmrelease(self, values: dict) -> dict:
+        return {
+            "apiVersion": "/".join(HELMRELEASE[:2]), "kind": "HelmRelease",
+            "metadata": {"name": "relay"},
+            "spec": {
+                "interval": INTERVAL,
+                "releaseName": "relay",
+                "chartRef": {"kind": "OCIRepository", "name": "tailscale-peer-relay"},
+                "install": {"strategy": {"name": "RetryOnFailure", "retryInterval": "1m"}},
+                "upgrade": {"remediation": {"retries": 1, "remediateLastFailure": True, "strategy": "rollback"}},
+                "driftDetection": {"mode": "enabled"},
+                "test": {"enable": True},
+                "timeout": "5m",
+                "values": values,
+            }}
+
+    def apply_release(self, values: dict):
+        body = self.helmrelease(values)
+        try:
+            current = self.objects.get_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay")
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+            self.objects.create_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], body)
+            return
+        current["spec"] = body["spec"]
+        self.objects.replace_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay", current)
+
+    def delete_release(self):
+        self.objects.delete_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay")
+        self.wait(lambda: not self._exists(), "the HelmRelease to be gone (helm uninstall done)", timeout=180)
+
+    def _exists(self) -> bool:
+        try:
+            self.objects.get_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay")
+            return True
+        except client.ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    def status(self) -> dict:
+        return self.objects.get_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2],
+                                                         "relay").get("status", {})
+
+    def condition(self, kind: str = "Ready") -> dict:
+        return next((c for c in self.status().get("conditions", []) if c["type"] == kind), {})
+
+    def wait(self, check, what: str, timeout: int = 300):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(3)
+        pytest.fail(f"waited {timeout}s for {what}; HelmRelease status: {self.status()}\n{self.release.describe()}")
+
+    def wait_ready(self, revision: int):
+        """Ready, with Helm release revision REVISION the latest in Flux's history."""
+        def ready():
+            history = self.status().get("history") or [{}]
+            return self.condition().get("status") == "True" and history[0].get("version") == revision
+        self.wait(ready, f"HelmRelease Ready at release revision {revision}")
+
+    def state_secret_data(self) -> dict:
+        """The relays' state Secrets' contents (what tailscaled wrote: the node key and its profile)."""
+        secrets = self.core.list_namespaced_secret(self.namespace, label_selector="app.kubernetes.io/component=relay")
+        return {s.metadata.name: dict(s.data or {}) for s in secrets.items if "-state-" in s.metadata.name}
+
+
+@pytest.fixture
+def flux(kube_api, namespace, published):
+    try:
+        client.CustomObjectsApi(kube_api).list_namespaced_custom_object(*HELMRELEASE[:2], "flux-system", HELMRELEASE[2])
+    except client.ApiException as error:
+        pytest.fail(f"Flux's HelmRelease API is not installed ({error.reason}): scripts/images/deploy installs it")
+    flux = Flux(kube_api, namespace, published)
+    flux.create_source()
+    return flux
+
+
+def test_flux_installs_tests_and_keeps_the_relay_identity_through_drift_correction_and_reinstall(flux):
+    values = cluster_values() | {"relay": {"port": PORT}}
+    flux.apply_release(values)
+    flux.wait_ready(1)
+    release = flux.release
+    pod = release.pod(0)
+    assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT))
+    tests = flux.status()["history"][0].get("testHooks") or {}
+    assert tests and all(t.get("phase") == "Succeeded" for t in tests.values()), \
+        f"Flux should run and record the chart's helm test: {tests}"
+    identity, state = release.node_identity(pod), flux.state_secret_data()
+    assert state and all(data for data in state.values()), "tailscaled should have written its state"
+
+    # A hand edit of a chart-owned field is drift: helm-controller puts it back. tailscaled's writes to the state
+    # Secrets are not (the chart never templates their data), so they survive every correction.
+    release.core.patch_namespaced_service(pod, release.namespace, {"metadata": {"labels": {
+        "app.kubernetes.io/name": "edited-by-hand"}}})
+    flux.wait(lambda: release.core.read_namespaced_service(pod, release.namespace).metadata.labels[
+        "app.kubernetes.io/name"] == "tailscale-peer-relay", "drift detection to restore the Service's label")
+    time.sleep(2 * 30)  # two more reconciliations (interval 30s), each with drift detection
+    assert flux.condition().get("status") == "True"
+    assert flux.state_secret_data() == state, "drift correction changed the relay's state Secrets"
+    assert release.node_identity(pod) == identity
+
+    # Deleting the HelmRelease uninstalls the release but keeps the state Secrets (helm.sh/resource-policy: keep);
+    # recreating it brings back the same Tailscale node.
+    flux.delete_release()
+    assert flux.state_secret_data() == state, "helm uninstall by Flux must keep the state Secrets"
+    flux.apply_release(values)
+    flux.wait_ready(1)
+    release.wait_pod_ready(pod)
+    assert release.node_identity(pod) == identity, "the recreated release should be the same Tailscale node"
+    assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT))
+
+
+def test_a_failing_upgrade_is_rolled_back_by_flux_and_the_relay_keeps_its_settings(flux):
+    values = cluster_values() | {"relay": {"port": PORT}}
+    flux.apply_release(values)
+    flux.wait_ready(1)
+    release = flux.release
+    pod = release.pod(0)
+    before = release.relay_settings(pod)
+    assert before == (str(PORT), release.service_endpoints(0, PORT))
+
+    # An upgrade that cannot work: the Service asks for an address outside every MetalLB pool, so it never gets
+    # one and the hook gives up after hook.timeoutSeconds.
+    broken = values | {"relay": {"port": PORT + 1},
+                       "service": {"annotations": {"metallb.io/loadBalancerIPs": "192.0.2.10"}},
+                       "hook": {**values["hook"], "timeoutSeconds": 20}}
+    flux.apply_release(broken)
+
+    flux.wait(lambda: flux.condition("Remediated").get("reason") == "RollbackSucceeded",
+              "Flux to roll the failed upgrade back (condition Remediated, reason RollbackSucceeded)", timeout=420)
+    history = flux.status()["history"]
+    assert history[0]["status"] == "deployed" and history[0]["version"] > 2, \
+        f"the newest release should be the rollback: {[(h['version'], h['status']) for h in history]}"
+    # the rollback restored the old values: port and endpoints as before the upgrade
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and release.relay_settings(pod) != (str(PORT), release.service_endpoints(0, PORT)):
+        time.sleep(3)
+    assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT)), \
+        "after Flux's rollback the relay should be back on the old port and its Service's addresses"
+    service = release.core.read_namespaced_service(pod, release.namespace)
+    assert "metallb.io/loadBalancerIPs" not in (service.metadata.annotations or {})
