@@ -8,12 +8,13 @@ import time
 import pytest
 from kubernetes import client
 
+from chart_render import deep_merge
 from relay_release import Release, cluster_values
 
 pytestmark = pytest.mark.integration
 
 PORT = 41641
-INTERVAL = "30s"
+INTERVAL = "30s"  # drift detection runs on every reconciliation
 SOURCE = ("source.toolkit.fluxcd.io", "v1", "ocirepositories")
 HELMRELEASE = ("helm.toolkit.fluxcd.io", "v2", "helmreleases")
 
@@ -28,10 +29,12 @@ class Flux:
         self.published = published
         self.release = Release(kube_api, namespace)
 
-    def create_source(self):
+    def create_source(self, public_key=None):
+        """The OCIRepository of the published chart, which source-controller accepts only with a cosign signature
+        that PUBLIC_KEY (default: the release's) verifies."""
         self.core.create_namespaced_secret(self.namespace, client.V1Secret(
             metadata=client.V1ObjectMeta(name="cosign-public-key"),
-            string_data={"cosign.pub": self.published["cosign_pub"].read_text()}))
+            string_data={"cosign.pub": (public_key or self.published["cosign_pub"]).read_text()}))
         self.objects.create_namespaced_custom_object(*SOURCE[:2], self.namespace, SOURCE[2], {
             "apiVersion": "/".join(SOURCE[:2]), "kind": "OCIRepository",
             "metadata": {"name": "tailscale-peer-relay"},
@@ -54,15 +57,18 @@ class Flux:
                 "releaseName": "relay",
                 "chartRef": {"kind": "OCIRepository", "name": "tailscale-peer-relay"},
                 "install": {"strategy": {"name": "RetryOnFailure", "retryInterval": "1m"}},
-                "upgrade": {"remediation": {"retries": 1, "remediateLastFailure": True, "strategy": "rollback"}},
+                # a failed upgrade is rolled back at once (no retry): the relay stays on the last good settings
+                "upgrade": {"remediation": {"retries": 0, "remediateLastFailure": True, "strategy": "rollback"}},
                 "driftDetection": {"mode": "enabled"},
                 "test": {"enable": True},
                 "timeout": "5m",
                 "values": values,
             }}
 
-    def apply_release(self, values: dict):
+    def apply_release(self, values: dict, **spec):
+        """Creates or updates the HelmRelease with VALUES (and SPEC fields over the defaults)."""
         body = self.helmrelease(values)
+        body["spec"] = deep_merge(body["spec"], spec)
         try:
             current = self.objects.get_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay")
         except client.ApiException as error:
@@ -85,6 +91,18 @@ class Flux:
             if error.status == 404:
                 return False
             raise
+
+    def reconcile_now(self):
+        """Asks helm-controller for a reconciliation now (as `flux reconcile helmrelease` does) and waits for it."""
+        token = str(time.time_ns())
+        self.objects.patch_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay", {
+            "metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}})
+        self.wait(lambda: self.status().get("lastHandledReconcileAt") == token, f"reconciliation {token}", timeout=120)
+
+    def source_condition(self, kind: str) -> dict:
+        status = self.objects.get_namespaced_custom_object(*SOURCE[:2], self.namespace, SOURCE[2],
+                                                           "tailscale-peer-relay").get("status", {})
+        return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
 
     def status(self) -> dict:
         return self.objects.get_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2],
@@ -115,14 +133,27 @@ class Flux:
 
 
 @pytest.fixture
-def flux(kube_api, namespace, published):
+def flux_api(kube_api, namespace, published):
     try:
         client.CustomObjectsApi(kube_api).list_namespaced_custom_object(*HELMRELEASE[:2], "flux-system", HELMRELEASE[2])
     except client.ApiException as error:
         pytest.fail(f"Flux's HelmRelease API is not installed ({error.reason}): scripts/images/deploy installs it")
-    flux = Flux(kube_api, namespace, published)
-    flux.create_source()
-    return flux
+    return Flux(kube_api, namespace, published)
+
+
+@pytest.fixture
+def flux(flux_api):
+    flux_api.create_source()
+    flux_api.wait(lambda: flux_api.source_condition("SourceVerified").get("status") == "True",
+                  "source-controller to verify the chart's cosign signature (OCIRepository SourceVerified)", timeout=120)
+    return flux_api
+
+
+def test_source_controller_refuses_a_chart_signed_by_another_key(flux_api, published):
+    flux_api.create_source(public_key=published["other_pub"])
+    flux_api.wait(lambda: flux_api.source_condition("SourceVerified").get("status") == "False",
+                  "source-controller to refuse the signature (OCIRepository SourceVerified False)", timeout=120)
+    assert flux_api.source_condition("Ready").get("status") == "False", "an unverified chart must not be served"
 
 
 def test_flux_installs_tests_and_keeps_the_relay_identity_through_drift_correction_and_reinstall(flux):
@@ -144,7 +175,8 @@ def test_flux_installs_tests_and_keeps_the_relay_identity_through_drift_correcti
         "app.kubernetes.io/name": "edited-by-hand"}}})
     flux.wait(lambda: release.core.read_namespaced_service(pod, release.namespace).metadata.labels[
         "app.kubernetes.io/name"] == "tailscale-peer-relay", "drift detection to restore the Service's label")
-    time.sleep(2 * 30)  # two more reconciliations (interval 30s), each with drift detection
+    for _ in range(2):  # two more reconciliations, each with drift detection
+        flux.reconcile_now()
     assert flux.condition().get("status") == "True"
     assert flux.state_secret_data() == state, "drift correction changed the relay's state Secrets"
     assert release.node_identity(pod) == identity
@@ -170,11 +202,11 @@ def test_a_failing_upgrade_is_rolled_back_by_flux_and_the_relay_keeps_its_settin
     assert before == (str(PORT), release.service_endpoints(0, PORT))
 
     # An upgrade that cannot work: the Service asks for an address outside every MetalLB pool, so it never gets
-    # one and the hook gives up after hook.timeoutSeconds.
+    # one; Helm's wait gives up after the upgrade timeout (shortened here to keep the test short).
     broken = values | {"relay": {"port": PORT + 1},
                        "service": {"annotations": {"metallb.io/loadBalancerIPs": "192.0.2.10"}},
                        "hook": {**values["hook"], "timeoutSeconds": 20}}
-    flux.apply_release(broken)
+    flux.apply_release(broken, upgrade={"timeout": "60s"})
 
     flux.wait(lambda: flux.condition("Remediated").get("reason") == "RollbackSucceeded",
               "Flux to roll the failed upgrade back (condition Remediated, reason RollbackSucceeded)", timeout=420)
