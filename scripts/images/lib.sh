@@ -28,6 +28,8 @@ METALLB_SPEAKER_IMAGE="localhost/metallb-speaker:${METALLB_VERSION}"
 REGISTRY_IMAGE="localhost/registry:${DISTRIBUTION_VERSION}"
 FLUX_SOURCE_IMAGE="localhost/flux-source-controller:${FLUX_SOURCE_CONTROLLER_VERSION}"
 FLUX_HELM_IMAGE="localhost/flux-helm-controller:${FLUX_HELM_CONTROLLER_VERSION}"
+ARGOCD_IMAGE="localhost/argocd:${ARGOCD_VERSION}"
+ARGOCD_REDIS_IMAGE="localhost/argocd-redis:${NODE_DEBIAN_SUITE}"
 
 # The kind cluster (as scripts/cluster names it) and the Headscale container on
 # its docker network; `scripts/cluster down` removes containers named <cluster>-*.
@@ -77,6 +79,17 @@ find_kubectl() {
   return 1
 }
 
+# pin_image_id KUBECTL NAMESPACE IMAGE WORKLOAD... : records IMAGE's docker image ID in each workload's pod
+# template, so that a rebuilt image (same tag, new content, loaded by kind) rolls the pods; a no-op otherwise
+pin_image_id() {
+  local kubectl="$1" ns="$2" image="$3" id w; shift 3
+  id="$(docker image inspect -f '{{.Id}}' "$image")"
+  for w in "$@"; do
+    "$kubectl" -n "$ns" patch "$w" --type merge \
+      -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"org.tailscale-relay-chart/image-id\":\"${id#sha256:}\"}}}}}" >/dev/null
+  done
+}
+
 # kind_net_subnets -> "IPV4_SUBNET IPV6_SUBNET" of the kind docker network
 kind_net_subnets() {
   docker network inspect "$KIND_NETWORK" -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' 2>/dev/null ||
@@ -99,6 +112,10 @@ headscale_addrs() { # -> "IPV4 IPV6" (IPV6 empty on a single-stack network)
   [[ -n "$v4" ]] || die "docker network '$KIND_NETWORK' has no IPv4 subnet"
   echo "$v4 $v6"
 }
+
+# host_addr -> this host's IPv4 address on the kind network (the bridge's gateway): pods reach what the tests
+# serve there (the classic chart repository for Argo CD)
+host_addr() { docker network inspect "$KIND_NETWORK" -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 '\.'; }
 
 # registry_addr -> the OCI registry's IPv4 address on the kind network, next to Headscale's
 registry_addr() { local s; for s in $(kind_net_subnets); do [[ "$s" == *:* ]] || { addr_in "$s" -7; return; }; done; }

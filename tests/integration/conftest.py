@@ -75,15 +75,23 @@ def cosign_key_pair(directory, prefix):
     return directory / f"{prefix}.key", directory / f"{prefix}.pub"
 
 
+class QuietFileHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files without logging each request to stderr."""
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="session")
 def classic_server(tmp_path_factory):
-    """An HTTP server on loopback for the classic repositories (one directory per repository)."""
+    """An HTTP server for the classic repositories (one directory per repository), on this host's address on the
+    kind network (HOST_ADDRESS) so that pods (Argo CD's repo-server) reach it too; on loopback without it."""
     root = tmp_path_factory.mktemp("www")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    handler.log_message = lambda *args: None
+    host = os.environ.get("HOST_ADDRESS") or "127.0.0.1"
+    handler = functools.partial(QuietFileHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    yield root, f"http://{host}:{server.server_address[1]}"
     server.shutdown()
 
 

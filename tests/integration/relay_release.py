@@ -25,6 +25,16 @@ def unavailable(reason: str):
     pytest.skip(f"{reason}: {ENV_HINT}")
 
 
+def wait_until(check, what: str, timeout: int, explain) -> None:
+    """Polls CHECK every 3 s until it is true; after TIMEOUT seconds fails with WHAT and what EXPLAIN() returns."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(3)
+    pytest.fail(f"waited {timeout}s for {what}; {explain()}")
+
+
 def cluster_values() -> dict:
     """Values that point the chart at this cluster's images and control server."""
     missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
@@ -132,6 +142,14 @@ class Release:
             return self.core.read_namespaced_pod_log(pod, self.namespace, container="relay-settings", tail_lines=40)
         except client.ApiException as error:
             return f"(no relay-settings log: {error.reason})"
+
+    def state_identities(self) -> dict[str, tuple[str, str]]:
+        """Per state Secret, the identity tailscaled keeps there: its machine key and the login profile it points at.
+        (Other keys, such as device_fqdn and the preferences, change as the node runs.) A Secret whose data was
+        wiped maps to empty strings."""
+        secrets = self.core.list_namespaced_secret(self.namespace, label_selector="app.kubernetes.io/component=relay")
+        return {s.metadata.name: ((s.data or {}).get("_machinekey", ""), (s.data or {}).get("_current-profile", ""))
+                for s in secrets.items if "-state-" in s.metadata.name}
 
     def hook_jobs_created_since(self, since) -> list[str]:
         """Hook Jobs the Job controller reported created after SINCE (an aware datetime), from the namespace's events:

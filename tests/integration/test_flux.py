@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 
 from chart_render import deep_merge
-from relay_release import Release, cluster_values
+from relay_release import Release, cluster_values, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -112,12 +112,7 @@ class Flux:
         return next((c for c in self.status().get("conditions", []) if c["type"] == kind), {})
 
     def wait(self, check, what: str, timeout: int = 300):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
-            time.sleep(3)
-        pytest.fail(f"waited {timeout}s for {what}; HelmRelease status: {self.status()}\n{self.release.describe()}")
+        wait_until(check, what, timeout, lambda: f"HelmRelease status: {self.status()}\n{self.release.describe()}")
 
     def wait_ready(self, revision: int):
         """Ready, with Helm release revision REVISION the latest in Flux's history."""
@@ -125,11 +120,6 @@ class Flux:
             history = self.status().get("history") or [{}]
             return self.condition().get("status") == "True" and history[0].get("version") == revision
         self.wait(ready, f"HelmRelease Ready at release revision {revision}")
-
-    def state_secret_data(self) -> dict:
-        """The relays' state Secrets' contents (what tailscaled wrote: the node key and its profile)."""
-        secrets = self.core.list_namespaced_secret(self.namespace, label_selector="app.kubernetes.io/component=relay")
-        return {s.metadata.name: dict(s.data or {}) for s in secrets.items if "-state-" in s.metadata.name}
 
 
 @pytest.fixture
@@ -156,18 +146,23 @@ def test_source_controller_refuses_a_chart_signed_by_another_key(flux_api, publi
     assert flux_api.source_condition("Ready").get("status") == "False", "an unverified chart must not be served"
 
 
-def test_flux_installs_tests_and_keeps_the_relay_identity_through_drift_correction_and_reinstall(flux):
+def install(flux) -> tuple[dict, Release, str]:
+    """The HelmRelease with the cluster's values on PORT, Ready at revision 1, its relay configured."""
     values = cluster_values() | {"relay": {"port": PORT}}
     flux.apply_release(values)
     flux.wait_ready(1)
-    release = flux.release
-    pod = release.pod(0)
+    release, pod = flux.release, flux.release.pod(0)
     assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT))
+    return values, release, pod
+
+
+def test_flux_installs_tests_and_keeps_the_relay_identity_through_drift_correction_and_reinstall(flux):
+    values, release, pod = install(flux)
     tests = flux.status()["history"][0].get("testHooks") or {}
     assert tests and all(t.get("phase") == "Succeeded" for t in tests.values()), \
         f"Flux should run and record the chart's helm test: {tests}"
-    identity, state = release.node_identity(pod), flux.state_secret_data()
-    assert state and all(data for data in state.values()), "tailscaled should have written its state"
+    identity, state = release.node_identity(pod), release.state_identities()
+    assert state and all(all(keys) for keys in state.values()), "tailscaled should have written its identity"
 
     # A hand edit of a chart-owned field is drift: helm-controller puts it back. tailscaled's writes to the state
     # Secrets are not (the chart never templates their data), so they survive every correction.
@@ -178,13 +173,13 @@ def test_flux_installs_tests_and_keeps_the_relay_identity_through_drift_correcti
     for _ in range(2):  # two more reconciliations, each with drift detection
         flux.reconcile_now()
     assert flux.condition().get("status") == "True"
-    assert flux.state_secret_data() == state, "drift correction changed the relay's state Secrets"
+    assert release.state_identities() == state, "drift correction changed the relay's state Secrets"
     assert release.node_identity(pod) == identity
 
     # Deleting the HelmRelease uninstalls the release but keeps the state Secrets (helm.sh/resource-policy: keep);
     # recreating it brings back the same Tailscale node.
     flux.delete_release()
-    assert flux.state_secret_data() == state, "helm uninstall by Flux must keep the state Secrets"
+    assert release.state_identities() == state, "helm uninstall by Flux must keep the state Secrets"
     flux.apply_release(values)
     flux.wait_ready(1)
     release.wait_pod_ready(pod)
@@ -193,13 +188,7 @@ def test_flux_installs_tests_and_keeps_the_relay_identity_through_drift_correcti
 
 
 def test_a_failing_upgrade_is_rolled_back_by_flux_and_the_relay_keeps_its_settings(flux):
-    values = cluster_values() | {"relay": {"port": PORT}}
-    flux.apply_release(values)
-    flux.wait_ready(1)
-    release = flux.release
-    pod = release.pod(0)
-    before = release.relay_settings(pod)
-    assert before == (str(PORT), release.service_endpoints(0, PORT))
+    values, release, pod = install(flux)
 
     # An upgrade that cannot work: the Service asks for an address outside every MetalLB pool, so it never gets
     # one; Helm's wait gives up after the upgrade timeout (shortened here to keep the test short).

@@ -21,6 +21,12 @@ def test_untagged_relay_is_called_out():
     assert "tailscale.tags is empty" in text
 
 
+def test_tags_with_a_login_server_warn_that_headscale_takes_tags_from_the_key():
+    headscale = {"tailscale": {"tags": ["tag:relay"], "loginServer": "https://headscale.example.com"}}
+    assert "leave tailscale.tags empty and put the tags on the pre-auth key" in notes(headscale)
+    assert "pre-auth key" not in notes({"tailscale": {"tags": ["tag:relay"]}}), "Tailscale takes tags from the key's owner"
+
+
 def test_check_commands_cover_every_replica():
     text = notes({"replicaCount": 2, "relay": {"port": 61441}})
     assert "relaying UDP port 61441" in text
