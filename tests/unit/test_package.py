@@ -58,3 +58,13 @@ def test_artifact_hub_links_and_license():
     links = yaml.safe_load(ANNOTATIONS["artifacthub.io/links"])
     assert all(link["url"].startswith("https://") and link["name"] for link in links)
     assert ANNOTATIONS["artifacthub.io/license"] == "BSD-3-Clause"
+
+
+def test_artifacthub_repo_metadata_is_what_artifact_hub_reads():
+    metadata = yaml.safe_load((REPO / "artifacthub-repo.yml").read_text())
+    assert set(metadata) <= {"repositoryID", "owners", "ignore"}, "Artifact Hub reads only these keys"
+    (rule,) = metadata["ignore"]
+    assert rule["name"] == CHART_YAML["name"]
+    ignored = re.compile(rule["version"])
+    assert ignored.search("0.3.0-rc.1") and not ignored.search(CHART_YAML["version"]), \
+        "only pre-releases should be kept off Artifact Hub"
