@@ -79,6 +79,23 @@ find_kubectl() {
   return 1
 }
 
+# modcache_dir MODULE VERSION -> the module's directory in the Go module cache (downloaded when missing)
+modcache_dir() {
+  (cd /tmp && GOFLAGS=-mod=mod go mod download -json "$1@$2" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+}
+
+# apply_manifest KUBECTL WHAT FILE [kubectl apply args...] : server-side apply of FILE. The first big apply to a
+# new cluster may meet an API server that does not answer yet: retried 5 times, 10 s apart, the error shown each time.
+apply_manifest() {
+  local kubectl="$1" what="$2" file="$3" out i; shift 3
+  for i in $(seq 5); do
+    if out="$("$kubectl" apply --server-side --force-conflicts -f "$file" "$@" 2>&1)"; then return; fi
+    [[ $i -lt 5 ]] || die "cannot apply the $what manifest $file: $out"
+    log "$what: apply failed (attempt $i of 5), retrying in 10s: ${out:0:300}"
+    sleep 10
+  done
+}
+
 # pin_image_id KUBECTL NAMESPACE IMAGE WORKLOAD... : records IMAGE's docker image ID in each workload's pod
 # template, so that a rebuilt image (same tag, new content, loaded by kind) rolls the pods; a no-op otherwise
 pin_image_id() {
@@ -99,26 +116,28 @@ kind_net_subnets() {
 # addr_in SUBNET INDEX -> the address at INDEX of SUBNET (negative counts from the end)
 addr_in() { python3 -c 'import ipaddress,sys; print(ipaddress.ip_network(sys.argv[1])[int(sys.argv[2])])' "$1" "$2"; }
 
-# Fixed addresses for Headscale near the top of each kind subnet, clear of the
-# ones docker hands out from the bottom and of the MetalLB pools (-64..-17).
-headscale_addrs() { # -> "IPV4 IPV6" (IPV6 empty on a single-stack network)
+# kind_addrs INDEX -> "IPV4 IPV6": the address at INDEX of each kind subnet (IPV6 empty on a single-stack network).
+# Fixed addresses for the test services sit near the top, clear of the ones docker hands out from the bottom and
+# of the MetalLB pools (-64..-17): Headscale at -6, the OCI registry at -7.
+kind_addrs() {
   local s v4="" v6=""
   for s in $(kind_net_subnets); do
     case "$s" in
-      *:*) v6="$(addr_in "$s" -6)" ;;
-      *) v4="$(addr_in "$s" -6)" ;;
+      *:*) v6="$(addr_in "$s" "$1")" ;;
+      *) v4="$(addr_in "$s" "$1")" ;;
     esac
   done
   [[ -n "$v4" ]] || die "docker network '$KIND_NETWORK' has no IPv4 subnet"
   echo "$v4 $v6"
 }
+headscale_addrs() { kind_addrs -6; }
 
 # host_addr -> this host's IPv4 address on the kind network (the bridge's gateway): pods reach what the tests
 # serve there (the classic chart repository for Argo CD)
 host_addr() { docker network inspect "$KIND_NETWORK" -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 '\.'; }
 
 # registry_addr -> the OCI registry's IPv4 address on the kind network, next to Headscale's
-registry_addr() { local s; for s in $(kind_net_subnets); do [[ "$s" == *:* ]] || { addr_in "$s" -7; return; }; done; }
+registry_addr() { local a; a="$(kind_addrs -7)"; echo "${a%% *}"; }
 
 # metallb_ranges -> one "FIRST-LAST" range per kind subnet: the 48 addresses at
 # -64..-17 (Headscale sits at -6), from which MetalLB hands out LoadBalancer IPs
