@@ -14,6 +14,7 @@ CHART = REPO / "chart"
 TOOLS = REPO / ".tools" / "bin"
 HELM = str(TOOLS / "helm")
 HELM3 = str(TOOLS / "helm3")
+CHART_NAME = "tailscale-peer-relay"
 RELEASE = "relay"
 NAMESPACE = "tailnet"
 FULLNAME = "relay-tailscale-peer-relay"

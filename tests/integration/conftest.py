@@ -18,12 +18,11 @@ import uuid
 
 import pytest
 
-from chart_render import TOOLS
+from chart_render import CHART_NAME, TOOLS
 from relay_release import unavailable
 from release_keys import gpg_key, run_release
 
 COSIGN_PASSWORD = "throw-away"
-CHART_NAME = "tailscale-peer-relay"
 
 
 @pytest.fixture(scope="session")

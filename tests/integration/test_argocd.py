@@ -11,11 +11,11 @@ import os
 import pytest
 from kubernetes import client
 
+from custom_object import CustomObject
 from relay_release import Release, cluster_values, wait_until
 
 pytestmark = pytest.mark.integration
 
-APPLICATION = ("argoproj.io", "v1alpha1", "applications")
 ARGOCD_NAMESPACE = "argocd"
 PORT = 41641
 
@@ -35,59 +35,30 @@ class ArgoApp:
     """One Argo CD Application that deploys the chart into a test namespace."""
 
     def __init__(self, kube_api, namespace: str, published: dict):
-        self.objects = client.CustomObjectsApi(kube_api)
         self.core = client.CoreV1Api(kube_api)
         self.namespace = namespace
-        self.name = f"relay-{namespace}"
         self.published = published
         self.release = Release(kube_api, namespace)
-
-    def body(self, values: dict) -> dict:
-        return {
-            "apiVersion": "/".join(APPLICATION[:2]), "kind": "Application",
-            # the finalizer makes deleting the Application delete what it deployed (except what it must keep)
-            "metadata": {"name": self.name, "finalizers": ["resources-finalizer.argocd.argoproj.io"]},
-            "spec": {
-                "project": "default",
-                "source": {"repoURL": f"{self.published['base_url']}/charts", "chart": "tailscale-peer-relay",
-                           "targetRevision": self.published["version"],
-                           "helm": {"releaseName": "relay", "valuesObject": values}},
-                "destination": {"server": "https://kubernetes.default.svc", "namespace": self.namespace},
-                "syncPolicy": {"automated": {"prune": True, "selfHeal": True}},
-            }}
+        self.application = CustomObject(kube_api, "argoproj.io/v1alpha1", "Application", "applications",
+                                        ARGOCD_NAMESPACE, f"relay-{namespace}")
 
     def apply(self, values: dict):
-        try:
-            current = self.get()
-        except client.ApiException as error:
-            if error.status != 404:
-                raise
-            self.objects.create_namespaced_custom_object(*APPLICATION[:2], ARGOCD_NAMESPACE, APPLICATION[2],
-                                                         self.body(values))
-            return
-        current["spec"] = self.body(values)["spec"]
-        self.objects.replace_namespaced_custom_object(*APPLICATION[:2], ARGOCD_NAMESPACE, APPLICATION[2], self.name,
-                                                      current)
-
-    def get(self) -> dict:
-        return self.objects.get_namespaced_custom_object(*APPLICATION[:2], ARGOCD_NAMESPACE, APPLICATION[2], self.name)
+        self.application.apply({
+            "project": "default",
+            "source": {"repoURL": f"{self.published['base_url']}/charts", "chart": "tailscale-peer-relay",
+                       "targetRevision": self.published["version"],
+                       "helm": {"releaseName": "relay", "valuesObject": values}},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": self.namespace},
+            "syncPolicy": {"automated": {"prune": True, "selfHeal": True}},
+        # the finalizer makes deleting the Application delete what it deployed (except what it must keep)
+        }, metadata={"finalizers": ["resources-finalizer.argocd.argoproj.io"]})
 
     def delete(self):
-        self.objects.delete_namespaced_custom_object(*APPLICATION[:2], ARGOCD_NAMESPACE, APPLICATION[2], self.name)
-
-        def gone():
-            try:
-                self.get()
-                return False
-            except client.ApiException as error:
-                return error.status == 404
-        self.wait(gone, "the Application (and what it deployed) to be deleted")
+        self.application.delete()
+        self.wait(lambda: not self.application.exists(), "the Application (and what it deployed) to be deleted")
 
     def status(self) -> dict:
-        try:
-            return self.get().get("status", {})
-        except client.ApiException:
-            return {}
+        return self.application.status()
 
     def wait(self, check, what: str, timeout: int = 300):
         def explain():
@@ -116,9 +87,8 @@ class ArgoApp:
         return [r for r in resources if r.get("hookType") == "PostSync"]
 
     def request_refresh(self, kind: str = "hard"):
-        self.objects.patch_namespaced_custom_object(*APPLICATION[:2], ARGOCD_NAMESPACE, APPLICATION[2], self.name, {
-            "metadata": {"annotations": {"argocd.argoproj.io/refresh": kind}}})
-        self.wait(lambda: "argocd.argoproj.io/refresh" not in (self.get()["metadata"].get("annotations") or {}),
+        self.application.annotate({"argocd.argoproj.io/refresh": kind})
+        self.wait(lambda: "argocd.argoproj.io/refresh" not in (self.application.get()["metadata"].get("annotations") or {}),
                   f"Argo CD to handle the {kind} refresh")
 
 
@@ -129,8 +99,8 @@ def now() -> datetime.datetime:
 @pytest.fixture
 def app(kube_api, namespace, published):
     try:
-        client.CustomObjectsApi(kube_api).list_namespaced_custom_object(*APPLICATION[:2], ARGOCD_NAMESPACE,
-                                                                         APPLICATION[2])
+        client.CustomObjectsApi(kube_api).list_namespaced_custom_object("argoproj.io", "v1alpha1", ARGOCD_NAMESPACE,
+                                                                         "applications")
     except client.ApiException as error:
         pytest.fail(f"Argo CD's Application API is not installed ({error.reason}): scripts/images/deploy installs it")
     cluster_values()  # fails (in CI) or skips with a hint when the cluster's settings are missing

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from chart_render import HELM, HELM3, REPO, TOOLS
+from chart_render import CHART_NAME, HELM, HELM3, REPO, TOOLS
 from relay_release import Release
 from release_keys import tampered_copy
 
 pytestmark = pytest.mark.integration
 
-CHART_NAME = "tailscale-peer-relay"
 HELMS = pytest.mark.parametrize("helm", [HELM, HELM3], ids=["helm4", "helm3"])
 
 

@@ -9,25 +9,27 @@ import pytest
 from kubernetes import client
 
 from chart_render import deep_merge
+from custom_object import CustomObject
 from relay_release import Release, cluster_values, wait_until
 
 pytestmark = pytest.mark.integration
 
 PORT = 41641
 INTERVAL = "30s"  # drift detection runs on every reconciliation
-SOURCE = ("source.toolkit.fluxcd.io", "v1", "ocirepositories")
-HELMRELEASE = ("helm.toolkit.fluxcd.io", "v2", "helmreleases")
 
 
 class Flux:
     """The OCIRepository and HelmRelease of one test namespace."""
 
     def __init__(self, kube_api, namespace: str, published: dict):
-        self.objects = client.CustomObjectsApi(kube_api)
         self.core = client.CoreV1Api(kube_api)
         self.namespace = namespace
         self.published = published
         self.release = Release(kube_api, namespace)
+        self.source = CustomObject(kube_api, "source.toolkit.fluxcd.io/v1", "OCIRepository", "ocirepositories",
+                                   namespace, "tailscale-peer-relay")
+        self.helmrelease = CustomObject(kube_api, "helm.toolkit.fluxcd.io/v2", "HelmRelease", "helmreleases",
+                                        namespace, "relay")
 
     def create_source(self, public_key=None):
         """The OCIRepository of the published chart, which source-controller accepts only with a cosign signature
@@ -35,81 +37,48 @@ class Flux:
         self.core.create_namespaced_secret(self.namespace, client.V1Secret(
             metadata=client.V1ObjectMeta(name="cosign-public-key"),
             string_data={"cosign.pub": (public_key or self.published["cosign_pub"]).read_text()}))
-        self.objects.create_namespaced_custom_object(*SOURCE[:2], self.namespace, SOURCE[2], {
-            "apiVersion": "/".join(SOURCE[:2]), "kind": "OCIRepository",
-            "metadata": {"name": "tailscale-peer-relay"},
-            "spec": {
-                "interval": "5m",
-                "url": self.published["oci_chart"],
-                "ref": {"semver": self.published["version"]},
-                "insecure": True,  # the test registry speaks plain HTTP
-                "layerSelector": {"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
-                                  "operation": "copy"},
-                "verify": {"provider": "cosign", "secretRef": {"name": "cosign-public-key"}},
-            }})
-
-    def helmrelease(self, values: dict) -> dict:
-        return {
-            "apiVersion": "/".join(HELMRELEASE[:2]), "kind": "HelmRelease",
-            "metadata": {"name": "relay"},
-            "spec": {
-                "interval": INTERVAL,
-                "releaseName": "relay",
-                "chartRef": {"kind": "OCIRepository", "name": "tailscale-peer-relay"},
-                "install": {"strategy": {"name": "RetryOnFailure", "retryInterval": "1m"}},
-                # a failed upgrade is rolled back at once (no retry): the relay stays on the last good settings
-                "upgrade": {"remediation": {"retries": 0, "remediateLastFailure": True, "strategy": "rollback"}},
-                "driftDetection": {"mode": "enabled"},
-                "test": {"enable": True},
-                "timeout": "5m",
-                "values": values,
-            }}
+        self.source.apply({
+            "interval": "5m",
+            "url": self.published["oci_chart"],
+            "ref": {"semver": self.published["version"]},
+            "insecure": True,  # the test registry speaks plain HTTP
+            "layerSelector": {"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip", "operation": "copy"},
+            "verify": {"provider": "cosign", "secretRef": {"name": "cosign-public-key"}},
+        })
 
     def apply_release(self, values: dict, **spec):
-        """Creates or updates the HelmRelease with VALUES (and SPEC fields over the defaults)."""
-        body = self.helmrelease(values)
-        body["spec"] = deep_merge(body["spec"], spec)
-        try:
-            current = self.objects.get_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay")
-        except client.ApiException as error:
-            if error.status != 404:
-                raise
-            self.objects.create_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], body)
-            return
-        current["spec"] = body["spec"]
-        self.objects.replace_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay", current)
+        """Creates or updates the HelmRelease with VALUES (and SPEC fields over these defaults)."""
+        self.helmrelease.apply(deep_merge({
+            "interval": INTERVAL,
+            "releaseName": "relay",
+            "chartRef": {"kind": "OCIRepository", "name": "tailscale-peer-relay"},
+            "install": {"strategy": {"name": "RetryOnFailure", "retryInterval": "1m"}},
+            # a failed upgrade is rolled back at once (no retry): the relay stays on the last good settings
+            "upgrade": {"remediation": {"retries": 0, "remediateLastFailure": True, "strategy": "rollback"}},
+            "driftDetection": {"mode": "enabled"},
+            "test": {"enable": True},
+            "timeout": "5m",
+            "values": values,
+        }, spec))
 
     def delete_release(self):
-        self.objects.delete_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay")
-        self.wait(lambda: not self._exists(), "the HelmRelease to be gone (helm uninstall done)", timeout=180)
-
-    def _exists(self) -> bool:
-        try:
-            self.objects.get_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay")
-            return True
-        except client.ApiException as error:
-            if error.status == 404:
-                return False
-            raise
+        self.helmrelease.delete()
+        self.wait(lambda: not self.helmrelease.exists(), "the HelmRelease to be gone (helm uninstall done)", timeout=180)
 
     def reconcile_now(self):
         """Asks helm-controller for a reconciliation now (as `flux reconcile helmrelease` does) and waits for it."""
         token = str(time.time_ns())
-        self.objects.patch_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2], "relay", {
-            "metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}})
+        self.helmrelease.annotate({"reconcile.fluxcd.io/requestedAt": token})
         self.wait(lambda: self.status().get("lastHandledReconcileAt") == token, f"reconciliation {token}", timeout=120)
 
     def source_condition(self, kind: str) -> dict:
-        status = self.objects.get_namespaced_custom_object(*SOURCE[:2], self.namespace, SOURCE[2],
-                                                           "tailscale-peer-relay").get("status", {})
-        return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+        return self.source.condition(kind)
 
     def status(self) -> dict:
-        return self.objects.get_namespaced_custom_object(*HELMRELEASE[:2], self.namespace, HELMRELEASE[2],
-                                                         "relay").get("status", {})
+        return self.helmrelease.status()
 
     def condition(self, kind: str = "Ready") -> dict:
-        return next((c for c in self.status().get("conditions", []) if c["type"] == kind), {})
+        return self.helmrelease.condition(kind)
 
     def wait(self, check, what: str, timeout: int = 300):
         wait_until(check, what, timeout, lambda: f"HelmRelease status: {self.status()}\n{self.release.describe()}")
@@ -125,7 +94,8 @@ class Flux:
 @pytest.fixture
 def flux_api(kube_api, namespace, published):
     try:
-        client.CustomObjectsApi(kube_api).list_namespaced_custom_object(*HELMRELEASE[:2], "flux-system", HELMRELEASE[2])
+        client.CustomObjectsApi(kube_api).list_namespaced_custom_object("helm.toolkit.fluxcd.io", "v2", "flux-system",
+                                                                         "helmreleases")
     except client.ApiException as error:
         pytest.fail(f"Flux's HelmRelease API is not installed ({error.reason}): scripts/images/deploy installs it")
     return Flux(kube_api, namespace, published)
