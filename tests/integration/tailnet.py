@@ -80,9 +80,10 @@ class Tailnet:
         result = self.lan_tailscale("ping", "--until-direct=false", "-c", str(count), "--timeout", "2s", self.workload)
         return parse_pongs(result.stdout)
 
-    def ping_until(self, wanted, max_pings: int = 120, what: str = "the wanted path") -> tuple[int, Pong]:
+    def ping_until(self, wanted, max_pings: int = 120, what: str = "the wanted path",
+                   explain=lambda: "") -> tuple[int, Pong]:
         """Pings (a few at a time) until a pong satisfies WANTED; returns (pings sent, that pong).
-        Fails after MAX_PINGS with the paths seen."""
+        Fails after MAX_PINGS with the paths seen, this tailnet's diagnostics and EXPLAIN() (the relay's side)."""
         sent, seen = 0, []
         while sent < max_pings:
             pongs = self.ping(5)
@@ -94,7 +95,7 @@ class Tailnet:
             if not pongs:
                 time.sleep(1)
         pytest.fail(f"no pong via {what} from {self.workload} within {max_pings} pings; "
-                    f"paths seen (latest last): {seen[-20:]}\n{self.diagnostics()}")
+                    f"paths seen (latest last): {seen[-20:]}\n{self.diagnostics()}\n{explain()}")
 
     def lan_peer_status(self) -> dict:
         """The workload's entry in the LAN device's `tailscale status --json`."""
@@ -113,4 +114,18 @@ class Tailnet:
     def diagnostics(self) -> str:
         status = self.lan_tailscale("status").stdout
         relays = self.lan_tailscale("debug", "peer-relay-servers").stdout
-        return f"LAN device `tailscale status`:\n{status}\nLAN device `tailscale debug peer-relay-servers`:\n{relays}"
+        # Which MAC the LAN device sends each LoadBalancer address to: a stale entry points at a node that no
+        # longer announces it (MetalLB L2 moves the address with the relay pod under externalTrafficPolicy Local).
+        neighbours = self.lan_netns("ip", "neigh", "show")
+        firewall = self.lan_netns("iptables", "-L", "TSRELAY-LAN", "-v", "-n") + \
+            self.lan_netns("ip6tables", "-L", "TSRELAY-LAN", "-v", "-n")
+        return (f"LAN device `tailscale status`:\n{status}\nLAN device `tailscale debug peer-relay-servers`:\n{relays}\n"
+                f"LAN device `ip neigh`:\n{neighbours}\nLAN device firewall (packet counts):\n{firewall}")
+
+    def lan_netns(self, *command: str) -> str:
+        """COMMAND's output (or its error) in the LAN device's network namespace, run from the host as the
+        firewall is (the relay image has no shell or iproute2)."""
+        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.lan],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+        result = subprocess.run(["nsenter", "-t", pid, "-n", *command], capture_output=True, text=True, timeout=30)
+        return result.stdout + result.stderr

@@ -48,6 +48,23 @@ def wait_for_no_relays(core, timeout: int = 180):
         time.sleep(2)
 
 
+def relay_side(release, replicas: int = 1):
+    """For a failure message: where each relay runs, what it advertises and serves, and the namespace's events
+    (MetalLB's nodeAssigned names the node that announces the LoadBalancer address)."""
+    def explain() -> str:
+        lines = [release.describe()]
+        for index in range(replicas):
+            pod = release.pod(index)
+            try:
+                node = release.core.read_namespaced_pod(pod, release.namespace).spec.node_name
+                lines += [f"relay {pod} on node {node}: settings {release.relay_settings(pod)}",
+                          release.tailscale(pod, "debug", "peer-relay-sessions"), release.sidecar_log(pod)]
+            except Exception as error:  # the explanation must not hide the failure it explains
+                lines.append(f"relay {pod}: {error}")
+        return "\n".join(lines)
+    return explain
+
+
 def relayed(endpoints: set[str]):
     """A pong predicate: came via a peer relay at one of ENDPOINTS."""
     return lambda pong: pong.relay_endpoint in endpoints
@@ -62,7 +79,8 @@ def test_derp_without_a_relay_then_the_relay_after_helm_install(tailnet, release
     release.install(SEED)
     endpoints = release.service_endpoints(0, PORT)
     assert len(endpoints) == 2, f"the RequireDualStack Service should have an IPv4 and an IPv6 address: {endpoints}"
-    sent, pong = tailnet.ping_until(relayed(endpoints), MAX_PINGS, f"the relay at {sorted(endpoints)}")
+    sent, pong = tailnet.ping_until(relayed(endpoints), MAX_PINGS, f"the relay at {sorted(endpoints)}",
+                                    relay_side(release))
     print(f"relayed after {sent} pings: via {pong.via} in {pong.rtt_ms:.2f}ms")
 
     # The same path, seen by the client's status and by the relay's session list.
@@ -86,14 +104,15 @@ def test_each_address_family_of_the_load_balancer_carries_the_path(tailnet, rele
     assert wanted and other, f"the Service should have one address per family: {endpoints}"
     # The LAN device can no longer send UDP to the other family's address.
     tailnet.firewall("closed", *(e.rsplit(":", 1)[0].strip("[]") for e in other))
-    sent, pong = tailnet.ping_until(relayed(wanted), MAX_PINGS, f"the relay's {family} address {sorted(wanted)}")
+    sent, pong = tailnet.ping_until(relayed(wanted), MAX_PINGS, f"the relay's {family} address {sorted(wanted)}",
+                                    relay_side(release))
     print(f"{family}: relayed after {sent} pings via {pong.via}")
 
 
 def test_a_restarted_relay_takes_the_traffic_back_without_the_hook(tailnet, release):
     release.install(SEED)
     endpoints = release.service_endpoints(0, PORT)
-    tailnet.ping_until(relayed(endpoints), MAX_PINGS, "the relay")
+    tailnet.ping_until(relayed(endpoints), MAX_PINGS, "the relay", relay_side(release))
 
     pod = release.pod(0)
     old_uid = release.core.read_namespaced_pod(pod, release.namespace).metadata.uid
@@ -104,7 +123,7 @@ def test_a_restarted_relay_takes_the_traffic_back_without_the_hook(tailnet, rele
     assert during, f"the workload stopped answering while the relay restarted\n{tailnet.diagnostics()}"
     fresh = release.wait_pod_ready(pod)
     assert fresh.metadata.uid != old_uid, "the relay pod was not replaced"
-    tailnet.ping_until(relayed(endpoints), MAX_PINGS, "the restarted relay")
+    tailnet.ping_until(relayed(endpoints), MAX_PINGS, "the restarted relay", relay_side(release))
     assert not release.hook_jobs_created_since(restarted_at), "no hook Job may run on a restart"
 
 
@@ -112,11 +131,11 @@ def test_two_replicas_either_carries_the_path(tailnet, release):
     release.install({**SEED, "replicaCount": 2})
     replica_endpoints = [release.service_endpoints(index, PORT) for index in range(2)]
     both = replica_endpoints[0] | replica_endpoints[1]
-    _, pong = tailnet.ping_until(relayed(both), MAX_PINGS, f"either relay at {sorted(both)}")
+    _, pong = tailnet.ping_until(relayed(both), MAX_PINGS, f"either relay at {sorted(both)}", relay_side(release, 2))
     used = 0 if pong.relay_endpoint in replica_endpoints[0] else 1
     other = 1 - used
     # Take the replica in use away from the LAN device: the path must move to the other one.
     tailnet.firewall("closed", *(e.rsplit(":", 1)[0].strip("[]") for e in replica_endpoints[used]))
     sent, pong = tailnet.ping_until(relayed(replica_endpoints[other]), MAX_PINGS,
-                                    f"replica {other} at {sorted(replica_endpoints[other])}")
+                                    f"replica {other} at {sorted(replica_endpoints[other])}", relay_side(release, 2))
     print(f"moved from replica {used} to replica {other} after {sent} pings via {pong.via}")
