@@ -222,3 +222,15 @@ tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* Name of the cluster-scoped admission policy and binding: unique per release and namespace. */}}
+{{- define "relay.stateSecretPolicyName" -}}
+{{- printf "%s.%s.state-secrets" (include "relay.fullname" .) .Release.Namespace | trunc 253 | trimSuffix "." }}
+{{- end }}
+
+{{/* A list of strings as CEL string literals, comma-separated (names are DNS labels: no quoting issues). */}}
+{{- define "relay.celStrings" -}}
+{{- $quoted := list }}
+{{- range . }}{{ $quoted = append $quoted (printf "'%s'" .) }}{{ end }}
+{{- join ", " $quoted }}
+{{- end }}

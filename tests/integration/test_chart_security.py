@@ -44,6 +44,9 @@ def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
     assert not can(kube_api, ns, relay_sa, "get", "secrets", "unrelated"), "the relay can read another Secret"
     assert not can(kube_api, ns, relay_sa, "get", "secrets", f"{release.fullname}-auth")
     assert not can(kube_api, ns, relay_sa, "create", "secrets", "anything")
+    policies = client.AdmissionregistrationV1Api(kube_api).list_validating_admission_policy().items
+    assert not [p.metadata.name for p in policies if p.metadata.name.endswith(f".{ns}.state-secrets")], \
+        "without rbac.relayRecreatesStateSecrets no admission policy is installed"
     assert not can(kube_api, ns, relay_sa, "list", "secrets", None)
 
     # the relay-settings sidecar reads its own Service, nothing else
@@ -58,3 +61,42 @@ def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
     assert not can(kube_api, ns, hook_sa, "get", "pods", "unrelated", "log")
     assert not can(kube_api, ns, hook_sa, "get", "secrets", f"{release.fullname}-auth")
     assert not can(kube_api, ns, hook_sa, "list", "pods", None)
+
+
+def as_service_account(api, namespace, service_account) -> client.CoreV1Api:
+    """The core API as SERVICE_ACCOUNT (impersonation): requests pass its RBAC and the admission policies."""
+    impersonating = client.ApiClient(configuration=api.configuration)
+    impersonating.set_default_header("Impersonate-User", f"system:serviceaccount:{namespace}:{service_account}")
+    return client.CoreV1Api(impersonating)
+
+
+def forbidden_because(create) -> str:
+    with pytest.raises(client.ApiException) as refused:
+        create()
+    assert refused.value.status == 403, refused.value
+    return refused.value.body
+
+
+def test_a_relay_that_may_recreate_its_state_secret_may_create_nothing_else(release, kube_api):
+    release.install({"rbac": {"relayRecreatesStateSecrets": True}})
+    ns, state = release.namespace, f"{release.fullname}-state-0"
+    relay = as_service_account(kube_api, ns, release.fullname)
+
+    def secret(name, **fields):
+        return client.V1Secret(metadata=client.V1ObjectMeta(name=name, **fields.pop("metadata", {})), **fields)
+
+    # RBAC grants "create" on every Secret name; the chart's ValidatingAdmissionPolicy narrows it.
+    assert can(kube_api, ns, release.fullname, "create", "secrets", "anything")
+    why = forbidden_because(lambda: relay.create_namespaced_secret(ns, secret("anything")))
+    assert "may create only its own state Secrets" in why and state in why, why
+    release.core.delete_namespaced_secret(state, ns)
+    # A service-account-token Secret under the state Secret's name would give the relay another account's token.
+    why = forbidden_because(lambda: relay.create_namespaced_secret(ns, secret(
+        state, type="kubernetes.io/service-account-token",
+        metadata={"annotations": {"kubernetes.io/service-account.name": "default"}})))
+    assert "only as type Opaque" in why, why
+    # What tailscaled's kube store writes back is admitted.
+    relay.create_namespaced_secret(ns, secret(state, data={"_machinekey": "bWtleQ=="}))
+    # The policy binds this release's namespace only, and only this ServiceAccount.
+    release.core.create_namespaced_secret(ns, secret("an-admins-secret"))
+

@@ -109,3 +109,33 @@ def test_a_deleted_relay_pod_comes_back_relaying_without_the_hook(release):
     while release.wait_pod_ready(pod).metadata.uid == old_uid and time.monotonic() < deadline:
         time.sleep(2)
     eventually_advertises(release, 0)
+
+
+def test_a_deleted_state_secret_is_written_back_and_the_relay_logs_in_again(release):
+    # The opt-in for clusters whose admin accepts the chart's ValidatingAdmissionPolicy (chart default: off).
+    values = {**SEED, "rbac": {"relayRecreatesStateSecrets": True}}
+    release.install(values)
+    pod, state = release.pod(0), f"{release.fullname}-state-0"
+    eventually_advertises(release, 0)
+    old_key, _ = release.node_identity(pod)
+    old_uid = release.core.read_namespaced_pod(pod, release.namespace).metadata.uid
+    # Deleted by hand (or by a tool that prunes it), then the pod restarts: tailscaled starts with no state.
+    release.core.delete_namespaced_secret(state, release.namespace)
+    release.core.delete_namespaced_pod(pod, release.namespace)
+    deadline = time.monotonic() + WITHIN
+    while release.wait_pod_ready(pod).metadata.uid == old_uid and time.monotonic() < deadline:
+        time.sleep(2)
+    eventually_advertises(release, 0)
+    new_key, _ = release.node_identity(pod)
+    assert new_key != old_key, "with its state gone the relay should have logged in again as a new node"
+    written = release.core.read_namespaced_secret(state, release.namespace).data or {}
+    assert "_machinekey" in written, f"tailscaled should have written its state back to {state}: {sorted(written)}"
+    relay = next(s for s in release.core.read_namespaced_pod(pod, release.namespace).status.container_statuses
+                 if s.name == "tailscale")
+    assert relay.restart_count == 0, f"the relay container restarted {relay.restart_count} times (crash loop?)"
+    # Helm takes the Secret the relay wrote back into the release again.
+    release.upgrade(values)
+    kept = release.core.read_namespaced_secret(state, release.namespace)
+    assert kept.metadata.annotations.get("helm.sh/resource-policy") == "keep"
+    assert kept.data.get("_machinekey") == written["_machinekey"], "the upgrade must not touch the relay's state"
+    assert release.node_identity(pod)[0] == new_key

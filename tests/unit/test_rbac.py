@@ -68,14 +68,56 @@ def test_service_account_annotations():
     assert sa["metadata"]["annotations"] == {"a": "b"}
 
 
-@pytest.mark.parametrize("values", [{}, {"replicaCount": 3}, {"serviceAccount": {"create": False, "name": "mine"}}],
-                         ids=["default", "3 replicas", "existing service account"])
+RECREATE = {"rbac": {"relayRecreatesStateSecrets": True}}
+
+
+@pytest.mark.parametrize("values", [{}, {"replicaCount": 3}, {"serviceAccount": {"create": False, "name": "mine"}},
+                                    RECREATE],
+                         ids=["default", "3 replicas", "existing service account", "relay recreates state"])
 def test_no_rule_on_named_objects_is_ever_unrestricted(values):
     # A rule on secrets, pods or their subresources without resourceNames grants them all in the namespace.
-    for role in find(render(values), "Role"):
+    manifests = render(values)
+    for role in find(manifests, "Role"):
         for rule in role["rules"]:
             if set(rule["resources"]) & {"secrets", "pods", "pods/exec", "pods/log", "services", "statefulsets"}:
+                if rule["verbs"] == ["create"] and rule["resources"] == ["secrets"]:
+                    # "create" cannot carry names; only the admission policy may narrow it
+                    assert find(manifests, "ValidatingAdmissionPolicy"), f"{rule} without the admission policy"
+                    continue
                 assert rule.get("resourceNames"), f"Role {role['metadata']['name']} grants {rule} on every object"
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+@pytest.mark.parametrize("account", [{}, {"serviceAccount": {"create": False, "name": "relay-sa"}}],
+                         ids=["chart's account", "existing account"])
+def test_a_relay_may_recreate_only_its_own_opaque_state_secrets(replicas, account):
+    manifests = render({**RECREATE, **account, "replicaCount": replicas})
+    user = f"system:serviceaccount:tailnet:{account.get('serviceAccount', {}).get('name', FULLNAME)}"
+    creates = [r for r in one(manifests, "Role", FULLNAME)["rules"] if "create" in r["verbs"] and "secrets" in r["resources"]]
+    assert creates == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}], creates
+    name = f"{FULLNAME}.tailnet.state-secrets"
+    policy = one(manifests, "ValidatingAdmissionPolicy", name)["spec"]
+    assert policy["failurePolicy"] == "Fail"
+    assert policy["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["secrets"]}]
+    assert [c["expression"] for c in policy["matchConditions"]] == [f"request.userInfo.username == '{user}'"], \
+        "the policy must apply to the relay's ServiceAccount, and only to it"
+    names = [f"'{FULLNAME}-state-{i}'" for i in range(replicas)]
+    assert policy["variables"] == [{"name": "stateSecrets", "expression": f"[{', '.join(names)}]"}]
+    expressions = [v["expression"] for v in policy["validations"]]
+    assert "object.metadata.name in variables.stateSecrets" in expressions[0]
+    assert "object.type == 'Opaque'" in expressions[1]
+    binding = one(manifests, "ValidatingAdmissionPolicyBinding", name)["spec"]
+    assert binding == {"policyName": name, "validationActions": ["Deny"], "matchResources": {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tailnet"}}}}
+
+
+def test_by_default_the_relay_may_not_create_secrets_and_nothing_cluster_scoped_is_rendered():
+    manifests = render()
+    assert not [r for role in find(manifests, "Role") for r in role["rules"] if "create" in r["verbs"]
+                and "secrets" in r["resources"]]
+    assert not [m for m in manifests if "namespace" not in m["metadata"]], \
+        "the default install must need only namespace rights"
 
 
 def test_an_existing_service_account_is_bound_by_its_name():

@@ -61,6 +61,7 @@ CHANGES = {
     "serviceAccount.name": ({}, {"serviceAccount": {"name": "mine"}}),
     "serviceAccount.annotations": ({}, {"serviceAccount": {"annotations": {"a": "b"}}}),
     "rbac.create": ({}, {"rbac": {"create": False}}),
+    "rbac.relayRecreatesStateSecrets": ({}, {"rbac": {"relayRecreatesStateSecrets": True}}),
     "health.port": ({}, {"health": {"port": 9100}}),
     "metrics.enabled": ({}, {"metrics": {"enabled": True}}),
     "metrics.serviceMonitor.enabled": ({"metrics": {"enabled": True}}, {"metrics": {"serviceMonitor": {"enabled": True}}}),
