@@ -56,6 +56,34 @@ def parse_pongs(output: str) -> list[Pong]:
     return pongs
 
 
+def run_headscale(*args: str) -> subprocess.CompletedProcess:
+    """The test Headscale's CLI (its container is <cluster>-headscale)."""
+    container = f"{os.environ.get('KIND_CLUSTER_NAME', 'relay-test')}-headscale"
+    return subprocess.run(["docker", "exec", container, "headscale", *args], capture_output=True, text=True, timeout=60)
+
+
+def headscale(*args: str) -> str:
+    """run_headscale's output; fails the test if the command fails."""
+    result = run_headscale(*args)
+    assert result.returncode == 0, f"headscale {' '.join(args)} failed: {result.stderr}"
+    return result.stdout
+
+
+def forget_offline_relays() -> list[str]:
+    """Deletes the offline tag:relay nodes of earlier tests from Headscale, as an admin tidies a tailnet, so the LAN
+    device's peer relay list holds only relays that run; returns their names. (Each earlier install left one: 40 by
+    the end of a CI run, every one a candidate that each relay path discovery asks for an allocation.)"""
+    gone = []
+    for node in json.loads(headscale("nodes", "list", "-o", "json")):
+        if "tag:relay" in (node.get("tags") or []) and not node.get("online"):
+            result = run_headscale("nodes", "delete", "--identifier", str(node["id"]), "--force")
+            # another test session may have just deleted it
+            assert result.returncode == 0 or "node not found" in result.stderr, \
+                f"headscale could not delete node {node['given_name']}: {result.stderr}"
+            gone.append(node["given_name"])
+    return gone
+
+
 def setting(name: str) -> str:
     value = os.environ.get(name)
     if not value:

@@ -3,11 +3,11 @@ addresses on relay.port, with no helm command. The relay-settings sidecar does i
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 
 import pytest
+
+from tailnet import headscale
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +33,6 @@ def eventually_advertises(release, index: int, timeout: int = WITHIN) -> tuple[s
         time.sleep(3)
     pytest.fail(f"{pod} did not come back to port {PORT} and endpoints {release.service_endpoints(index, PORT)} "
                 f"within {timeout}s; last seen: {seen}\n{release.sidecar_log(pod)}\n{release.describe()}")
-
-
-def headscale(*args: str) -> str:
-    container = f"{os.environ.get('KIND_CLUSTER_NAME', 'relay-test')}-headscale"
-    result = subprocess.run(["docker", "exec", container, "headscale", *args], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, f"headscale {' '.join(args)} failed: {result.stderr}"
-    return result.stdout
 
 
 def test_a_relogin_that_wipes_the_settings_is_repaired(release):

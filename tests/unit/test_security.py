@@ -43,10 +43,24 @@ def test_no_image_uses_latest(values):
             assert container["imagePullPolicy"] != "Always", where
 
 
-def test_only_kernel_networking_is_privileged():
-    privileged = [where for where, spec in all_pod_specs(render({"tailscale": {"userspace": False}}))
-                  for c in spec["containers"] if c["securityContext"].get("privileged")]
-    assert privileged == ["StatefulSet/relay-tailscale-peer-relay"]
+def test_kernel_networking_gets_the_tun_device_and_net_admin_but_no_privilege():
+    # Kernel mode is the only exception to the lockdown above, and only as far as a TUN interface needs.
+    for where, spec in all_pod_specs(render({"tailscale": {"userspace": False}})):
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            name = f"{where} container {container['name']}"
+            assert not context.get("privileged"), f"{name} is privileged"
+            assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True, name
+            added = context["capabilities"].get("add", [])
+            if where.startswith("StatefulSet") and container["name"] == "tailscale":
+                assert context["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}, name
+                assert context["runAsUser"] == 0, "added capabilities are effective only for root"
+                assert {"name": "tun", "mountPath": "/dev/net/tun"} in container["volumeMounts"], name
+            else:
+                assert not added, f"{name} adds {added}"
+        host_paths = [v["hostPath"] for v in spec.get("volumes", []) if "hostPath" in v]
+        expected = [{"path": "/dev/net/tun", "type": "CharDevice"}] if where.startswith("StatefulSet") else []
+        assert host_paths == expected, f"{where} mounts {host_paths} from the node"
 
 
 def test_auth_key_is_only_in_its_secret():

@@ -1,7 +1,7 @@
 """The relay StatefulSet: image, identity, Tailscale settings and pod placement follow the values."""
 import pytest
 
-from chart_render import RenderError, FULLNAME, env_of, one, relay_container, render, versions
+from chart_render import RenderError, FULLNAME, env_of, find, one, relay_container, render, versions
 
 
 def test_default_image_is_the_pinned_tailscale_release():
@@ -88,10 +88,10 @@ def test_userspace_networking_is_the_default():
     assert not container["securityContext"].get("privileged")
 
 
-def test_kernel_networking_is_an_explicit_privileged_opt_in():
+def test_kernel_networking_is_an_explicit_opt_in():
     container = relay_container(render({"tailscale": {"userspace": False}}))
     assert env_of(container)["TS_USERSPACE"] == "false"
-    assert container["securityContext"]["privileged"] is True
+    assert "NET_ADMIN" in container["securityContext"]["capabilities"]["add"]
 
 
 def test_relay_port_is_a_udp_container_port():
@@ -182,3 +182,28 @@ def test_service_account():
 def test_a_relay_that_exits_leaves_its_reason_in_the_pod_status():
     # With helm install --wait, Flux or Argo CD, the pod status is where a user looks first.
     assert relay_container(render())["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+@pytest.mark.parametrize("replicas, budget", [(1, False), (2, True), (3, True)])
+def test_several_relays_get_a_disruption_budget_and_spread_over_nodes(replicas, budget):
+    manifests = render({"replicaCount": replicas})
+    budgets = find(manifests, "PodDisruptionBudget")
+    affinity = one(manifests, "StatefulSet")["spec"]["template"]["spec"].get("affinity")
+    if not budget:
+        assert not budgets, "one relay with a budget would block every node drain"
+        assert affinity is None
+        return
+    spec = budgets[0]["spec"]
+    assert spec["maxUnavailable"] == 1
+    assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "relay"
+    term = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+def test_the_users_affinity_and_budget_settings_win():
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "edge", "operator": "Exists"}]}]}}}
+    manifests = render({"replicaCount": 2, "affinity": mine, "podDisruptionBudget": {"enabled": False}})
+    assert one(manifests, "StatefulSet")["spec"]["template"]["spec"]["affinity"] == mine
+    assert not find(manifests, "PodDisruptionBudget")

@@ -10,6 +10,8 @@ OAUTH = {"auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "se
 OAUTH_EXISTING = {"auth": {"authKey": "", "oauth": {"existingSecret": "oauth"}}, **TAGS}
 MONITOR = {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}}}
 MONITOR_ARGS = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+NETPOL = {"networkPolicy": {"enabled": True}}
+TWO = {"replicaCount": 2}
 
 # value path -> (context values, the change, extra helm args)
 CHANGES = {
@@ -67,6 +69,13 @@ CHANGES = {
     "metrics.serviceMonitor.enabled": ({"metrics": {"enabled": True}}, {"metrics": {"serviceMonitor": {"enabled": True}}}),
     "metrics.serviceMonitor.interval": (MONITOR, {"metrics": {"serviceMonitor": {"interval": "1m"}}}),
     "metrics.serviceMonitor.labels": (MONITOR, {"metrics": {"serviceMonitor": {"labels": {"release": "prom"}}}}),
+    "networkPolicy.enabled": ({}, {"networkPolicy": {"enabled": True}}),
+    "networkPolicy.relayFrom": (NETPOL, {"networkPolicy": {"relayFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}}),
+    "networkPolicy.healthFrom": (NETPOL, {"networkPolicy": {"healthFrom": [{"podSelector": {}}]}}),
+    "networkPolicy.apiServerCIDRs": (NETPOL, {"networkPolicy": {"apiServerCIDRs": ["10.96.0.1/32"]}}),
+    "networkPolicy.apiServerPorts": (NETPOL, {"networkPolicy": {"apiServerPorts": [8443]}}),
+    "podDisruptionBudget.enabled": (TWO, {"podDisruptionBudget": {"enabled": False}}),
+    "podDisruptionBudget.maxUnavailable": (TWO, {"podDisruptionBudget": {"maxUnavailable": 2}}),
     "commonLabels": ({}, {"commonLabels": {"team": "net"}}),
     "podAnnotations": ({}, {"podAnnotations": {"a": "b"}}),
     "podLabels": ({}, {"podLabels": {"a": "b"}}),
