@@ -129,28 +129,53 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 
-{{/* Credentials for the first login: an auth key, or an OAuth client that mints one. */}}
-{{- define "relay.authEnv" -}}
+{{- /*
+Credentials for the first login: an auth key, or an OAuth client that mints one.
+The credential reaches the relay as a file, not an environment variable (containerboot reads
+TS_AUTHKEY and TS_CLIENT_SECRET as "file:<path>"): a file in a Secret volume is not in the
+process environment, which other processes of the same user, and crash dumps, can read.
+*/ -}}
+{{- define "relay.authMountPath" -}}/etc/tailscale/auth{{- end }}
+
+{{/* The Secret holding the credential and the key in it, as a dict: name, key (auth key or OAuth client secret). */}}
+{{- define "relay.authSecretRef" -}}
 {{- $auth := .Values.auth }}
 {{- if or $auth.authKey $auth.existingSecret }}
-- name: TS_AUTHKEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ default (include "relay.authSecretName" .) $auth.existingSecret }}
-      key: {{ ternary $auth.existingSecretKey "TS_AUTHKEY" (not (empty $auth.existingSecret)) }}
+{{- dict "name" (default (include "relay.authSecretName" .) $auth.existingSecret) "key" (ternary $auth.existingSecretKey "TS_AUTHKEY" (not (empty $auth.existingSecret))) | toJson }}
 {{- else }}
-{{- $secret := default (include "relay.authSecretName" .) $auth.oauth.existingSecret }}
+{{- dict "name" (default (include "relay.authSecretName" .) $auth.oauth.existingSecret) "key" (ternary $auth.oauth.clientSecretKey "TS_CLIENT_SECRET" (not (empty $auth.oauth.existingSecret))) | toJson }}
+{{- end }}
+{{- end }}
+
+{{- define "relay.authEnv" -}}
+{{- $auth := .Values.auth }}
+{{- $ref := include "relay.authSecretRef" . | fromJson }}
+{{- if or $auth.authKey $auth.existingSecret }}
+- name: TS_AUTHKEY
+  value: {{ printf "file:%s/%s" (include "relay.authMountPath" .) $ref.key | quote }}
+{{- else }}
+# The OAuth client's ID is not a secret; its secret is a file like the auth key.
 - name: TS_CLIENT_ID
   valueFrom:
     secretKeyRef:
-      name: {{ $secret }}
+      name: {{ $ref.name }}
       key: {{ ternary $auth.oauth.clientIdKey "TS_CLIENT_ID" (not (empty $auth.oauth.existingSecret)) }}
 - name: TS_CLIENT_SECRET
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secret }}
-      key: {{ ternary $auth.oauth.clientSecretKey "TS_CLIENT_SECRET" (not (empty $auth.oauth.existingSecret)) }}
+  value: {{ printf "file:%s/%s" (include "relay.authMountPath" .) $ref.key | quote }}
 {{- end }}
+{{- end }}
+
+{{/* The relay container's read-only volume with just the credential file. */}}
+{{- define "relay.authVolume" -}}
+{{- $ref := include "relay.authSecretRef" . | fromJson }}
+- name: auth
+  secret:
+    secretName: {{ $ref.name }}
+    # group-readable: the relay runs with the pod's fsGroup (or as root in kernel mode)
+    defaultMode: 288  # 0440
+    items:
+      - key: {{ $ref.key }}
+        path: {{ $ref.key }}
 {{- end }}
 
 {{/*

@@ -1,6 +1,7 @@
-"""An independent scanner: kube-score on the renders a reviewer would try. Every finding it grades critical or
-warning is either fixed in the chart or listed below with the reason the chart does it on purpose; a new finding
-fails the test, and so does an accepted one that no longer occurs (so the list stays true)."""
+"""Independent scanners, kube-score and checkov, on the renders a reviewer would try. Every finding (kube-score:
+graded critical or warning; checkov: failed) is either fixed in the chart or listed below with the reason the chart
+does it on purpose; a new finding fails the test, and so does an accepted one that no longer occurs (so the lists
+stay true)."""
 import json
 import subprocess
 
@@ -68,3 +69,58 @@ def test_every_accepted_finding_still_occurs(tool):
 def test_network_policies_cover_every_pod(tool):
     uncovered = sorted(f[0] for f in findings(VARIANTS["network policies"], tool) if f[1] == "pod-networkpolicy")
     assert not uncovered, f"with networkPolicy.enabled every pod needs a NetworkPolicy: {uncovered}"
+
+
+# checkov: (check id, kind of the object) -> why; variants list the renders where it may occur.
+ONE_SHOT = "a one-shot pod (hook Job, helm test) that runs seconds: a probe would have nothing to decide"
+CHECKOV_ACCEPTED = {
+    ("CKV_K8S_11", "StatefulSet"): ACCEPTED[("container-resources", "tailscale", "CPU limit is not set")],
+    ("CKV_K8S_43", "*"): "images are pinned by tag; image.digest and hook.image.digest pin them by digest",
+    ("CKV_K8S_38", "*"): "every pod talks to the API: the relay to its state Secret and Service, the hook and test to "
+                         "the relay's pods, logs and Services",
+    ("CKV_K8S_15", "*"): ACCEPTED[("container-image-pull-policy", "*", "ImagePullPolicy is not set to Always")],
+    ("CKV_K8S_40", "*"): ACCEPTED[("container-security-context-user-group-id", "*",
+                                   "The container is running with a low user ID")],
+    ("CKV_K8S_8", "StatefulSet"): ACCEPTED[("pod-probes", "", "Container is missing a livenessProbe")],
+    ("CKV_K8S_8", "Pod"): ONE_SHOT,
+    ("CKV_K8S_9", "Pod"): ONE_SHOT,
+    ("CKV2_K8S_6", "*"): ACCEPTED[("pod-networkpolicy", "", "The pod does not have a matching NetworkPolicy")],
+}
+# Only where the render asks for it.
+CHECKOV_BY_VARIANT = {
+    "kernel mode": {
+        ("CKV_K8S_25", "StatefulSet"): "kernel networking needs NET_ADMIN (values.yaml: tailscale.userspace)",
+        ("CKV_K8S_23", "StatefulSet"): "added capabilities are effective only for root (tailscale.userspace)",
+    },
+    "oauth": {
+        ("CKV_K8S_35", "StatefulSet"): "TS_CLIENT_ID, the OAuth client's ID, is not a secret; the client secret is "
+                                       "a file (TS_CLIENT_SECRET=file:…)",
+    },
+}
+CHECKOV_VARIANTS = {**VARIANTS, "oauth": {"auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "s"}},
+                                          "tailscale": {"tags": ["tag:relay"]}}}
+
+
+def checkov_findings(values: dict, tool, tmp_path) -> set[tuple[str, str, str]]:
+    """(check id, kind, object) for every check checkov fails on the render."""
+    rendered = tmp_path / "render.yaml"
+    rendered.write_text(helm_text(values))
+    result = subprocess.run([tool("checkov"), "--quiet", "--compact", "--framework", "kubernetes", "-o", "json",
+                             "-f", str(rendered)], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip(), f"checkov printed nothing: {result.stderr[-2000:]}"
+    report = json.loads(result.stdout)
+    assert report["summary"]["parsing_errors"] == 0, report["summary"]
+    assert report["summary"]["passed"] > 0, "checkov checked nothing"
+    return {(c["check_id"], c["resource"].split(".")[0], c["resource"].split(".")[2])
+            for c in report["results"]["failed_checks"]}
+
+
+@pytest.mark.parametrize("variant", CHECKOV_VARIANTS)
+def test_checkov_finds_nothing_the_chart_does_not_do_on_purpose(variant, tool, tmp_path):
+    allowed = {**CHECKOV_ACCEPTED, **CHECKOV_BY_VARIANT.get(variant, {})}
+    found = checkov_findings(CHECKOV_VARIANTS[variant], tool, tmp_path)
+    unexplained = sorted(f for f in found if (f[0], f[1]) not in allowed and (f[0], "*") not in allowed)
+    assert not unexplained, "checkov findings to fix (or to accept with the reason):\n" + \
+        "\n".join(f"{kind} {name}: {check}" for check, kind, name in unexplained)
+    if variant == "network policies":
+        assert not [f for f in found if f[0] == "CKV2_K8S_6"], "with networkPolicy.enabled every pod has a policy"

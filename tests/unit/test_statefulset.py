@@ -38,7 +38,7 @@ def test_each_replica_keeps_state_in_its_own_secret_not_the_auth_secret():
     env = env_of(relay_container(render()))
     assert env["POD_INDEX"] == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
     assert env["TS_KUBE_SECRET"] == f"{FULLNAME}-state-$(POD_INDEX)"
-    assert env["TS_AUTHKEY"]["secretKeyRef"]["name"] == f"{FULLNAME}-auth"
+    assert env["TS_AUTHKEY"] == "file:/etc/tailscale/auth/TS_AUTHKEY"
 
 
 def test_restart_keeps_relay_settings_because_login_happens_once():
@@ -122,25 +122,37 @@ def test_metrics_enable_the_metrics_endpoint():
 
 
 @pytest.mark.parametrize(
-    "auth, expected",
+    "auth, secret, key, env_name",
     [
-        ({"existingSecret": "my-ts", "existingSecretKey": "key"}, {"TS_AUTHKEY": ("my-ts", "key")}),
-        (
-            {"oauth": {"clientId": "id", "clientSecret": "secret"}},
-            {"TS_CLIENT_ID": (f"{FULLNAME}-auth", "TS_CLIENT_ID"), "TS_CLIENT_SECRET": (f"{FULLNAME}-auth", "TS_CLIENT_SECRET")},
-        ),
-        (
-            {"oauth": {"existingSecret": "oauth", "clientIdKey": "id", "clientSecretKey": "sec"}},
-            {"TS_CLIENT_ID": ("oauth", "id"), "TS_CLIENT_SECRET": ("oauth", "sec")},
-        ),
+        ({"authKey": "tskey-auth-x"}, f"{FULLNAME}-auth", "TS_AUTHKEY", "TS_AUTHKEY"),
+        ({"existingSecret": "my-ts", "existingSecretKey": "key"}, "my-ts", "key", "TS_AUTHKEY"),
+        ({"oauth": {"clientId": "id", "clientSecret": "secret"}}, f"{FULLNAME}-auth", "TS_CLIENT_SECRET",
+         "TS_CLIENT_SECRET"),
+        ({"oauth": {"existingSecret": "oauth", "clientIdKey": "id", "clientSecretKey": "sec"}}, "oauth", "sec",
+         "TS_CLIENT_SECRET"),
     ],
+    ids=["auth key", "existing secret", "oauth", "existing oauth secret"],
 )
-def test_credentials_come_from_the_named_secret(auth, expected):
+def test_the_credential_is_a_read_only_file_from_the_named_secret_not_an_environment_variable(auth, secret, key,
+                                                                                                env_name):
     values = {"auth": {"authKey": "", **auth}, "tailscale": {"tags": ["tag:relay"]}}
-    env = env_of(relay_container(render(values)))
-    got = {name: (env[name]["secretKeyRef"]["name"], env[name]["secretKeyRef"]["key"]) for name in expected}
-    assert got == expected
-    assert not ({"TS_AUTHKEY", "TS_CLIENT_ID"} - set(expected)) & set(env), "only the chosen credential is passed"
+    manifests = render(values)
+    container = relay_container(manifests)
+    env = env_of(container)
+    # containerboot reads "file:<path>" for both; a secretKeyRef would put the secret in the process environment
+    assert env[env_name] == f"file:/etc/tailscale/auth/{key}"
+    volumes = {v["name"]: v for v in one(manifests, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["auth"]["secret"] == {"secretName": secret, "defaultMode": 0o440, "items": [{"key": key, "path": key}]}
+    assert {"name": "auth", "mountPath": "/etc/tailscale/auth", "readOnly": True} in container["volumeMounts"]
+    others = [c["name"] for c in one(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+              if c is not container and any(m["name"] == "auth" for m in c.get("volumeMounts", []))]
+    assert not others, f"only the relay container may see the credential, not {others}"
+    secret_env = {name for name, value in env.items() if isinstance(value, dict) and "secretKeyRef" in value}
+    assert secret_env <= {"TS_CLIENT_ID"}, f"secrets in the environment: {secret_env}"
+    if env_name == "TS_CLIENT_SECRET":
+        assert env["TS_CLIENT_ID"]["secretKeyRef"]["name"] == secret
+    else:
+        assert "TS_CLIENT_ID" not in env and "TS_CLIENT_SECRET" not in env, "only the chosen credential is passed"
 
 
 def test_pod_placement_and_extras():
