@@ -248,9 +248,18 @@ tolerations:
 {{- end }}
 {{- end }}
 
-{{/* Name of the cluster-scoped admission policy and binding: unique per release and namespace. */}}
+{{/* Names of the cluster-scoped admission policies and bindings: unique per release and namespace. */}}
 {{- define "relay.stateSecretPolicyName" -}}
 {{- printf "%s.%s.state-secrets" (include "relay.fullname" .) .Release.Namespace | trunc 253 | trimSuffix "." }}
+{{- end }}
+
+{{- define "relay.replicasPolicyName" -}}
+{{- printf "%s.%s.replicas" (include "relay.fullname" .) .Release.Namespace | trunc 253 | trimSuffix "." }}
+{{- end }}
+
+{{/* The StatefulSet annotation that carries replicaCount for the replicas policy. */}}
+{{- define "relay.replicasAnnotation" -}}
+tailscale-peer-relay.chart/replica-count
 {{- end }}
 
 {{/* A list of strings as CEL string literals, comma-separated (names are DNS labels: no quoting issues). */}}

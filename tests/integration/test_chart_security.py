@@ -100,3 +100,23 @@ def test_a_relay_that_may_recreate_its_state_secret_may_create_nothing_else(rele
     # The policy binds this release's namespace only, and only this ServiceAccount.
     release.core.create_namespaced_secret(ns, secret("an-admins-secret"))
 
+
+
+def test_scaling_outside_helm_is_refused_with_the_value_to_change(release):
+    values = {"rbac": {"refuseScalingOutsideHelm": True}}
+    release.install(values)
+    ns, name = release.namespace, release.fullname
+    # `kubectl scale` and an HPA go through the scale subresource; kubectl edit and an Argo CD replica override
+    # change the StatefulSet itself.
+    for change in (lambda: release.apps.patch_namespaced_stateful_set_scale(name, ns, {"spec": {"replicas": 2}}),
+                   lambda: release.apps.patch_namespaced_stateful_set(name, ns, {"spec": {"replicas": 2}})):
+        with pytest.raises(client.ApiException) as refused:
+            change()
+        assert "scale with the chart value replicaCount" in refused.value.body, refused.value.body
+    assert release.apps.read_namespaced_stateful_set(name, ns).spec.replicas == 1
+    # Other changes to the StatefulSet still go through (here a label, as tools add them).
+    release.apps.patch_namespaced_stateful_set(name, ns, {"metadata": {"labels": {"team": "net"}}})
+    # Helm changes replicaCount and the count it wrote beside it together.
+    release.upgrade({**values, "replicaCount": 2})
+    assert release.apps.read_namespaced_stateful_set(name, ns).spec.replicas == 2
+    release.wait_pod_ready(release.pod(1))

@@ -17,7 +17,7 @@ VARIANTS = {
     "everything": {
         "auth": {"authKey": "", "oauth": {"clientId": "i", "clientSecret": "s"}},
         "tailscale": {"tags": ["tag:relay"], "loginServer": "https://hs.example", "userspace": False},
-        "metrics": {"enabled": True}, "rbac": {"relayRecreatesStateSecrets": True},
+        "metrics": {"enabled": True}, "rbac": {"relayRecreatesStateSecrets": True, "refuseScalingOutsideHelm": True},
         "service": {"loadBalancerClass": "example.com/lb", "loadBalancerSourceRanges": ["10.0.0.0/8"],
                     "externalTrafficPolicy": "Cluster"},
         "imagePullSecrets": [{"name": "r"}], "priorityClassName": "high",

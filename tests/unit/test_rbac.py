@@ -125,3 +125,31 @@ def test_an_existing_service_account_is_bound_by_its_name():
     binding = one(manifests, "RoleBinding", FULLNAME)
     assert binding["subjects"][0]["name"] == "relay-sa"
     assert not [sa for sa in find(manifests, "ServiceAccount") if sa["metadata"]["name"] in ("relay-sa", "default")]
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_scaling_outside_helm_is_refused_by_a_policy_that_names_replica_count(replicas):
+    manifests = render({"rbac": {"refuseScalingOutsideHelm": True}, "replicaCount": replicas})
+    annotation = "tailscale-peer-relay.chart/replica-count"
+    sts = one(manifests, "StatefulSet")
+    assert sts["metadata"]["annotations"][annotation] == str(replicas) and sts["spec"]["replicas"] == replicas, \
+        "the StatefulSet must carry the replica count it was rendered with next to spec.replicas"
+    name = f"{FULLNAME}.tailnet.replicas"
+    policy = one(manifests, "ValidatingAdmissionPolicy", name)["spec"]
+    assert policy["matchConstraints"]["resourceRules"] == [{
+        "apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["UPDATE"],
+        "resources": ["statefulsets", "statefulsets/scale"], "resourceNames": [FULLNAME]}]
+    assert f"'{annotation}' in object.metadata.annotations" in policy["variables"][0]["expression"]
+    (validation,) = policy["validations"]
+    # the scale subresource (kubectl scale, an HPA) may not change replicas at all; the StatefulSet only to the
+    # count Helm wrote beside them
+    assert validation["expression"] == ("request.subResource == 'scale' ? object.spec.replicas == "
+                                        "oldObject.spec.replicas : object.spec.replicas == variables.rendered")
+    assert "replicaCount" in validation["messageExpression"]
+    binding = one(manifests, "ValidatingAdmissionPolicyBinding", name)["spec"]
+    assert binding["policyName"] == name and binding["validationActions"] == ["Deny"]
+    assert binding["matchResources"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "tailnet"}
+
+
+def test_without_the_option_the_statefulset_has_no_replica_annotation():
+    assert "annotations" not in one(render(), "StatefulSet")["metadata"]

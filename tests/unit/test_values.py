@@ -64,6 +64,7 @@ CHANGES = {
     "serviceAccount.annotations": ({}, {"serviceAccount": {"annotations": {"a": "b"}}}),
     "rbac.create": ({}, {"rbac": {"create": False}}),
     "rbac.relayRecreatesStateSecrets": ({}, {"rbac": {"relayRecreatesStateSecrets": True}}),
+    "rbac.refuseScalingOutsideHelm": ({}, {"rbac": {"refuseScalingOutsideHelm": True}}),
     "health.port": ({}, {"health": {"port": 9100}}),
     "metrics.enabled": ({}, {"metrics": {"enabled": True}}),
     "metrics.serviceMonitor.enabled": ({"metrics": {"enabled": True}}, {"metrics": {"serviceMonitor": {"enabled": True}}}),
