@@ -57,11 +57,6 @@ def summary(pongs) -> dict:
             "rtts_ms": rtts}
 
 
-def lan_pid(net: Tailnet) -> str:
-    return subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", net.lan], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def icmp(net: Tailnet, path: str, ip: str, count: int) -> dict:
     """COUNT ICMP echoes to IP through the tunnel from the LAN device, on PATH (checked with tailscale ping before and
     after); round trips in ms from ping's `time=` fields."""
@@ -71,7 +66,7 @@ def icmp(net: Tailnet, path: str, ip: str, count: int) -> dict:
             raise RuntimeError(f"ICMP on {path}: {when} the echoes the path was {seen}")
 
     still_on("before")
-    out = subprocess.run(["nsenter", "-t", lan_pid(net), "-n", "ping", "-n", "-c", str(count), "-i", "0.05", "-W", "2",
+    out = subprocess.run(["nsenter", "-t", net.lan_pid(), "-n", "ping", "-n", "-c", str(count), "-i", "0.05", "-W", "2",
                           ip], capture_output=True, text=True, timeout=count + 60).stdout
     rtts = [float(t) for t in re.findall(r"time=([\d.]+) ms", out)]
     still_on("after")
@@ -124,7 +119,7 @@ def iperf(net: Tailnet, workload_ip: str, server_pid: int, seconds: int, relay: 
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     before = crictl_stats(relay.pod(0), relay.namespace) if relay else None
-    result = subprocess.run(["nsenter", "-t", lan_pid(net), "-n", "iperf3", "-c", workload_ip, "-t", str(seconds), "-J"],
+    result = subprocess.run(["nsenter", "-t", net.lan_pid(), "-n", "iperf3", "-c", workload_ip, "-t", str(seconds), "-J"],
                             capture_output=True, text=True, timeout=seconds + 60)
     after = crictl_stats(relay.pod(0), relay.namespace) if relay else None
     server.wait(timeout=30)

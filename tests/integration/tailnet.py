@@ -150,10 +150,14 @@ class Tailnet:
         return (f"LAN device `tailscale status`:\n{status}\nLAN device `tailscale debug peer-relay-servers`:\n{relays}\n"
                 f"LAN device `ip neigh`:\n{neighbours}\nLAN device firewall (packet counts):\n{firewall}")
 
+    def lan_pid(self) -> str:
+        """The LAN device's process id on the host: `nsenter -t PID -n` runs host tools in its network namespace
+        (the relay image has no shell or iproute2)."""
+        return subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.lan],
+                              capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+
     def lan_netns(self, *command: str) -> str:
-        """COMMAND's output (or its error) in the LAN device's network namespace, run from the host as the
-        firewall is (the relay image has no shell or iproute2)."""
-        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.lan],
-                             capture_output=True, text=True, timeout=30).stdout.strip()
-        result = subprocess.run(["nsenter", "-t", pid, "-n", *command], capture_output=True, text=True, timeout=30)
+        """COMMAND's output (or its error) in the LAN device's network namespace, run from the host."""
+        result = subprocess.run(["nsenter", "-t", self.lan_pid(), "-n", *command], capture_output=True, text=True,
+                                timeout=30)
         return result.stdout + result.stderr
