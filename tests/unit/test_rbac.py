@@ -143,8 +143,9 @@ def test_scaling_outside_helm_is_refused_by_a_policy_that_names_replica_count(re
     (validation,) = policy["validations"]
     # the scale subresource (kubectl scale, an HPA) may not change replicas at all; the StatefulSet only to the
     # count Helm wrote beside them
-    assert validation["expression"] == ("request.subResource == 'scale' ? object.spec.replicas == "
-                                        "oldObject.spec.replicas : object.spec.replicas == variables.rendered")
+    assert validation["expression"] == ("has(request.subResource) && request.subResource == 'scale' ? "
+                                        "object.spec.replicas == oldObject.spec.replicas : "
+                                        "object.spec.replicas == variables.rendered")
     assert "replicaCount" in validation["messageExpression"]
     binding = one(manifests, "ValidatingAdmissionPolicyBinding", name)["spec"]
     assert binding["policyName"] == name and binding["validationActions"] == ["Deny"]
