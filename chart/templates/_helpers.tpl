@@ -248,13 +248,24 @@ tolerations:
 {{- end }}
 {{- end }}
 
-{{/* Names of the cluster-scoped admission policies and bindings: unique per release and namespace. */}}
-{{- define "relay.stateSecretPolicyName" -}}
-{{- printf "%s.%s.state-secrets" (include "relay.fullname" .) .Release.Namespace | trunc 253 | trimSuffix "." }}
+{{/*
+Name of a cluster-scoped admission policy and its binding (.policy: "state-secrets" or "replicas"):
+unique per release and namespace.
+*/}}
+{{- define "relay.policyName" -}}
+{{- printf "%s.%s.%s" (include "relay.fullname" .root) .root.Release.Namespace .policy | trunc 253 | trimSuffix "." }}
 {{- end }}
 
-{{- define "relay.replicasPolicyName" -}}
-{{- printf "%s.%s.replicas" (include "relay.fullname" .) .Release.Namespace | trunc 253 | trimSuffix "." }}
+{{/* The admission policies the values enable, by the names relay.policyName gives them. */}}
+{{- define "relay.policyNames" -}}
+{{- $names := list }}
+{{- if .Values.rbac.relayRecreatesStateSecrets }}
+{{- $names = append $names (include "relay.policyName" (dict "root" . "policy" "state-secrets")) }}
+{{- end }}
+{{- if .Values.rbac.refuseScalingOutsideHelm }}
+{{- $names = append $names (include "relay.policyName" (dict "root" . "policy" "replicas")) }}
+{{- end }}
+{{- toJson $names }}
 {{- end }}
 
 {{/* The StatefulSet annotation that carries replicaCount for the replicas policy. */}}
