@@ -1,6 +1,6 @@
 """A stand-in for tailscaled's LocalAPI on a unix socket, for the relay-settings sidecar's tests.
 
-It behaves like tailscale 1.102 on the points the sidecar relies on (ipn/localapi/localapi.go, ipn/prefs.go):
+It behaves like tailscale 1.104 (and 1.102: these points did not change) on the points the sidecar relies on (ipn/localapi/localapi.go, ipn/prefs.go):
 - only Host "local-tailscaled.sock" (or none) is served, and requests with Origin or Referer are refused;
 - GET status gives BackendState; GET prefs gives the preferences, tab-indented, the relay fields omitted when unset
   (`json:",omitempty"`);
@@ -85,7 +85,7 @@ class FakeTailscaled:
                     return
                 path = self.path.split("?")[0]
                 if path == "/localapi/v0/status":
-                    self._reply(200, json.dumps({"Version": "1.102.5", "BackendState": fake.backend_state,
+                    self._reply(200, json.dumps({"Version": "1.104.7", "BackendState": fake.backend_state,
                                                  "Self": {"HostName": "relay"}}, indent="\t"))
                 elif path == "/localapi/v0/prefs":
                     self._reply(200, fake.prefs_json())

@@ -110,6 +110,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (include "relay.fullname" .) .Values.tailscale.hostname }}
 {{- end }}
 
+{{/* "true" when tailscaled uploads its logs to log.tailscale.com (tailscale.logUpload; "auto": only with Tailscale's
+own control plane), else "false". */}}
+{{- define "relay.uploadsLogs" -}}
+{{- $mode := .Values.tailscale.logUpload }}
+{{- if eq $mode "auto" }}
+{{- ternary "false" "true" (ne .Values.tailscale.loginServer "") }}
+{{- else }}
+{{- ternary "true" "false" (eq $mode "enabled") }}
+{{- end }}
+{{- end }}
+
 {{/* Arguments for the first "tailscale up" (TS_EXTRA_ARGS). */}}
 {{- define "relay.upArgs" -}}
 {{- $args := list }}

@@ -8,13 +8,15 @@ import subprocess
 import time
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.stream import stream
 
-from chart_render import CHART, HELM, deep_merge, run_helm
+from chart_render import CHART, HELM, REPO, deep_merge, run_helm
 
 ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
 REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "HOOK_IMAGE")
+TEST_CLUSTER_VALUES = REPO / "scripts" / "images" / "relay-values.yaml"
 
 
 def unavailable(reason: str):
@@ -36,20 +38,19 @@ def wait_until(check, what: str, timeout: int, explain) -> None:
 
 
 def cluster_values() -> dict:
-    """Values that point the chart at this cluster's images and control server."""
+    """Values that point the chart at this cluster's images and control server, over the values every test relay
+    gets (TEST_CLUSTER_VALUES: DERP over HTTP, no log upload)."""
     missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
     if missing:
         unavailable(f"{', '.join(missing)} unset")
     relay_repo, relay_tag = os.environ["RELAY_IMAGE"].rsplit(":", 1)
     hook_repo, hook_tag = os.environ["HOOK_IMAGE"].rsplit(":", 1)
-    return {
+    return deep_merge(yaml.safe_load(TEST_CLUSTER_VALUES.read_text()), {
         "image": {"repository": relay_repo, "tag": relay_tag},
         "hook": {"image": {"repository": hook_repo, "tag": hook_tag}, "timeoutSeconds": 120},
         "auth": {"authKey": os.environ["AUTHKEY"]},
         "tailscale": {"loginServer": os.environ["LOGIN_SERVER"]},
-        # The test Headscale's embedded DERP server speaks plain HTTP; the relay needs DERP to receive allocations.
-        "extraEnv": [{"name": "TS_DEBUG_USE_DERP_HTTP", "value": "1"}],
-    }
+    })
 
 
 class Release:

@@ -52,6 +52,10 @@ def test_changelog_has_this_version_and_the_annotation_repeats_it():
     assert changes == entries, "artifacthub.io/changes should be CHANGELOG.md's newest entry"
     kinds = {"added", "changed", "deprecated", "removed", "fixed", "security"}
     assert {kind for kind, _ in changes} <= kinds, "Artifact Hub knows only these kinds of change"
+    security = any(kind == "security" for kind, _ in changes)
+    assert ANNOTATIONS.get("artifacthub.io/containsSecurityUpdates", "false") == str(security).lower(), (
+        "artifacthub.io/containsSecurityUpdates should say whether this release's changelog entry has a security change"
+        " (Artifact Hub flags such releases to their users)")
 
 
 def test_artifact_hub_links_and_license():

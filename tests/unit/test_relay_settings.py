@@ -1,5 +1,5 @@
 """The relay-settings sidecar: how it is wired, and what its script does against a fake kubectl and a fake
-tailscaled LocalAPI (tests/fake_tailscaled.py) that parses and stores the settings the way tailscale 1.102 does."""
+tailscaled LocalAPI (tests/fake_tailscaled.py) that parses and stores the settings the way tailscale 1.104 does."""
 import json
 import os
 import subprocess

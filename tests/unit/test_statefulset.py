@@ -77,6 +77,26 @@ def test_up_arguments(tailscale, expected):
     assert env.get("TS_EXTRA_ARGS") == expected
 
 
+@pytest.mark.parametrize(
+    "tailscale, uploads",
+    [
+        ({}, True),
+        ({"logUpload": "auto", "loginServer": "https://headscale.example.com"}, False),
+        ({"logUpload": "enabled", "loginServer": "https://headscale.example.com"}, True),
+        ({"logUpload": "disabled"}, False),
+    ],
+    ids=["Tailscale's control plane", "a custom login server", "enabled by hand", "disabled by hand"],
+)
+def test_log_upload_to_tailscale_follows_the_login_server_unless_chosen(tailscale, uploads):
+    env = env_of(relay_container(render({"tailscale": tailscale})))
+    if uploads:
+        assert "TS_NO_LOGS_NO_SUPPORT" not in env, "the relay would not upload its logs to Tailscale's log service"
+    else:
+        assert env.get("TS_NO_LOGS_NO_SUPPORT") == "true", (
+            "tailscaled would upload its logs to log.tailscale.com (and look the name up through Tailscale's public"
+            " DERP servers when DNS fails)")
+
+
 def test_daemon_extra_args():
     env = env_of(relay_container(render({"tailscale": {"daemonExtraArgs": ["--verbose=1"]}})))
     assert env["TS_TAILSCALED_EXTRA_ARGS"] == "--verbose=1"

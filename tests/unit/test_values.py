@@ -32,6 +32,7 @@ CHANGES = {
     "tailscale.daemonExtraArgs": ({}, {"tailscale": {"daemonExtraArgs": ["--verbose=1"]}}),
     "tailscale.userspace": ({}, {"tailscale": {"userspace": False}}),
     "tailscale.acceptDNS": ({}, {"tailscale": {"acceptDNS": True}}),
+    "tailscale.logUpload": ({}, {"tailscale": {"logUpload": "disabled"}}),
     "auth.authKey": ({}, {"auth": {"authKey": "tskey-auth-other"}}),
     "auth.existingSecret": (EXISTING, {"auth": {"existingSecret": "other"}}),
     "auth.existingSecretKey": (EXISTING, {"auth": {"existingSecretKey": "key"}}),
