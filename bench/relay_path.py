@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -66,9 +65,7 @@ def icmp(net: Tailnet, path: str, ip: str, count: int) -> dict:
             raise RuntimeError(f"ICMP on {path}: {when} the echoes the path was {seen}")
 
     still_on("before")
-    out = subprocess.run(["nsenter", "-t", net.lan_pid(), "-n", "ping", "-n", "-c", str(count), "-i", "0.05", "-W", "2",
-                          ip], capture_output=True, text=True, timeout=count + 60).stdout
-    rtts = [float(t) for t in re.findall(r"time=([\d.]+) ms", out)]
+    rtts = net.icmp_echo(ip, count)
     still_on("after")
     log(f"{path}: {len(rtts)} ICMP echoes, median {statistics.median(rtts):.3f}ms")
     return {"count": len(rtts), "lost": count - len(rtts), "median_ms": round(statistics.median(rtts), 3),
@@ -181,7 +178,7 @@ def main() -> None:
         log("waiting until no relay runs in the cluster")
         time.sleep(3)
 
-    workload_ip = net.lan_tailscale("ip", "-4", net.workload).stdout.strip()
+    workload_ip = net.workload_ip()
     workload_pod = core.list_namespaced_pod(net.workload_namespace, label_selector="app=workload").items[0].metadata.name
     workload_pid = host_pid(crictl_stats(workload_pod, net.workload_namespace)["cid"])
     results = {"rtt": {}, "icmp": {}, "throughput": {}}
@@ -225,7 +222,8 @@ def main() -> None:
         "date": datetime.date.today().isoformat(), "cores": os.cpu_count(), "kernel": platform.release(),
         "tailscale": pins["TAILSCALE_VERSION"], "headscale": pins["HEADSCALE_VERSION"],
         "kubernetes": pins["KUBERNETES_VERSION"], "pings_per_path": args.pings,
-        "derp": "Headscale's embedded DERP server on the same docker network (no added delay: this kernel has no netem)",
+        "derp": "Headscale's embedded DERP server on the same docker network, behind scripts/images/derp-delay",
+        "derp_delay_ms": net.derp_delay_ms,
         "command": "scripts/bench",
     }
     args.out.mkdir(parents=True, exist_ok=True)

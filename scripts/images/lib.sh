@@ -38,6 +38,11 @@ KIND_NETWORK="${KIND_EXPERIMENTAL_DOCKER_NETWORK:-kind}"
 HEADSCALE_CONTAINER="$CLUSTER_NAME-headscale"
 HEADSCALE_USER="relay-test"
 HEADSCALE_PORT=8080
+# Headscale's DERP server as the clients reach it: through scripts/images/derp-delay on DERP_DELAY_PORT in
+# Headscale's network namespace, DERP_DELAY_MS (round trip, > 0) farther away than it is.
+DERP_DELAY_MS="${DERP_DELAY_MS:-30}"
+DERP_DELAY_PORT=8081
+DERP_DELAY_PIDFILE="$CACHE/derp-delay.pid"
 # The OCI registry the distribution tests push the chart to (and Flux pulls it from): plain HTTP.
 REGISTRY_CONTAINER="$CLUSTER_NAME-registry"
 REGISTRY_PORT=5000

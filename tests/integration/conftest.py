@@ -67,6 +67,20 @@ def release(kube_api, namespace):
     return Release(kube_api, namespace)
 
 
+@pytest.fixture
+def tailnet(kube_api, core):
+    """The tailnet in a box (tests/integration/tailnet.py) with the LAN device's firewall closed; waits until no relay
+    of an earlier test is left, then has Headscale forget the offline ones."""
+    from tailnet import Tailnet, forget_offline_relays, wait_for_no_relays
+
+    net = Tailnet()
+    net.firewall("closed")
+    wait_for_no_relays(core)
+    forget_offline_relays()
+    yield net
+    net.firewall("closed")
+
+
 def cosign_key_pair(directory, prefix):
     """A cosign key pair PREFIX.key (password COSIGN_PASSWORD) and PREFIX.pub in DIRECTORY."""
     subprocess.run([str(TOOLS / "cosign"), "generate-key-pair", "--output-key-prefix", prefix], cwd=directory,

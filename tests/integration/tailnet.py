@@ -84,6 +84,42 @@ def forget_offline_relays() -> list[str]:
     return gone
 
 
+def wait_for_no_relays(core, timeout: int = 180):
+    """Waits until no relay pod of an earlier test is left in the cluster (one still terminating in another namespace
+    would serve the path too)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [f"{p.metadata.namespace}/{p.metadata.name}" for p in core.list_pod_for_all_namespaces(
+            label_selector="app.kubernetes.io/component=relay").items]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"relays of earlier tests still running after {timeout}s: {left}")
+        time.sleep(2)
+
+
+def relay_side(release, replicas: int = 1):
+    """For a failure message: where each relay runs, what it advertises and serves, and the namespace's events
+    (MetalLB's nodeAssigned names the node that announces the LoadBalancer address)."""
+    def explain() -> str:
+        lines = [release.describe()]
+        for index in range(replicas):
+            pod = release.pod(index)
+            try:
+                node = release.core.read_namespaced_pod(pod, release.namespace).spec.node_name
+                lines += [f"relay {pod} on node {node}: settings {release.relay_settings(pod)}",
+                          release.tailscale(pod, "debug", "peer-relay-sessions"), release.sidecar_log(pod)]
+            except Exception as error:  # the explanation must not hide the failure it explains
+                lines.append(f"relay {pod}: {error}")
+        return "\n".join(lines)
+    return explain
+
+
+def relayed(endpoints: set[str]):
+    """A pong predicate: came via a peer relay at one of ENDPOINTS."""
+    return lambda pong: pong.relay_endpoint in endpoints
+
+
 def setting(name: str) -> str:
     value = os.environ.get(name)
     if not value:
@@ -98,6 +134,8 @@ class Tailnet:
         self.lan = setting("LAN_CLIENT")
         self.workload = setting("WORKLOAD_NODE")
         self.workload_namespace = setting("WORKLOAD_NAMESPACE")
+        # the round trip scripts/images/derp-delay adds between each client and the DERP server
+        self.derp_delay_ms = float(setting("DERP_DELAY_MS"))
 
     def lan_tailscale(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", "exec", self.lan, "tailscale", *args],
@@ -155,6 +193,18 @@ class Tailnet:
         (the relay image has no shell or iproute2)."""
         return subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.lan],
                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+
+    def icmp_echo(self, ip: str, count: int, interval: float = 0.05) -> list[float]:
+        """COUNT ICMP echoes to IP (a tailnet address) through the tunnel from the LAN device's network namespace;
+        the round trips in ms of those answered (ping's `time=` fields)."""
+        out = subprocess.run(["nsenter", "-t", self.lan_pid(), "-n", "ping", "-n", "-c", str(count), "-i",
+                              str(interval), "-W", "2", ip], capture_output=True, text=True,
+                             timeout=count * interval + 60).stdout
+        return [float(t) for t in re.findall(r"time=([\d.]+) ms", out)]
+
+    def workload_ip(self) -> str:
+        """The workload's tailnet IPv4 address, as the LAN device knows it."""
+        return self.lan_tailscale("ip", "-4", self.workload).stdout.strip()
 
     def lan_netns(self, *command: str) -> str:
         """COMMAND's output (or its error) in the LAN device's network namespace, run from the host."""

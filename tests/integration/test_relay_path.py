@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import time
+import statistics
 
 import pytest
 
-from tailnet import Tailnet, forget_offline_relays
+from tailnet import relay_side, relayed
 
 pytestmark = pytest.mark.integration
 
@@ -27,50 +27,8 @@ SEED = {"relay": {"port": PORT}, "service": {"ipFamilyPolicy": "RequireDualStack
 MAX_PINGS = 180
 
 
-@pytest.fixture
-def tailnet(kube_api, core):
-    """The LAN device and workload, with the firewall closed; waits until no relay of an earlier test is left
-    (a relay still terminating in another namespace would serve the path too), then has Headscale forget them."""
-    net = Tailnet()
-    net.firewall("closed")
-    wait_for_no_relays(core)
-    forget_offline_relays()
-    yield net
-    net.firewall("closed")
-
-
-def wait_for_no_relays(core, timeout: int = 180):
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [f"{p.metadata.namespace}/{p.metadata.name}" for p in core.list_pod_for_all_namespaces(
-            label_selector="app.kubernetes.io/component=relay").items]
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"relays of earlier tests still running after {timeout}s: {left}")
-        time.sleep(2)
-
-
-def relay_side(release, replicas: int = 1):
-    """For a failure message: where each relay runs, what it advertises and serves, and the namespace's events
-    (MetalLB's nodeAssigned names the node that announces the LoadBalancer address)."""
-    def explain() -> str:
-        lines = [release.describe()]
-        for index in range(replicas):
-            pod = release.pod(index)
-            try:
-                node = release.core.read_namespaced_pod(pod, release.namespace).spec.node_name
-                lines += [f"relay {pod} on node {node}: settings {release.relay_settings(pod)}",
-                          release.tailscale(pod, "debug", "peer-relay-sessions"), release.sidecar_log(pod)]
-            except Exception as error:  # the explanation must not hide the failure it explains
-                lines.append(f"relay {pod}: {error}")
-        return "\n".join(lines)
-    return explain
-
-
-def relayed(endpoints: set[str]):
-    """A pong predicate: came via a peer relay at one of ENDPOINTS."""
-    return lambda pong: pong.relay_endpoint in endpoints
+def median_rtt(pongs) -> float:
+    return statistics.median(p.rtt_ms for p in pongs)
 
 
 def test_derp_without_a_relay_then_the_relay_after_helm_install(tailnet, release):
@@ -78,6 +36,12 @@ def test_derp_without_a_relay_then_the_relay_after_helm_install(tailnet, release
     assert baseline, f"no pong from {tailnet.workload} at all\n{tailnet.diagnostics()}"
     assert {p.path for p in baseline} == {"derp"}, \
         f"without a relay the LAN device must reach the workload via DERP only, saw {[p.via for p in baseline]}"
+    # DERP is as far away as on the internet (scripts/images/derp-delay): each of the two clients is DERP_DELAY_MS
+    # from it, so a ping via DERP takes more than that.
+    delay = tailnet.derp_delay_ms
+    assert median_rtt(baseline) > delay, (
+        f"pings via DERP should take more than the {delay} ms the test DERP server is away, took "
+        f"{[p.rtt_ms for p in baseline]} ms: is scripts/images/derp-delay in the path (scripts/images/deploy)?")
 
     release.install(SEED)
     endpoints = release.service_endpoints(0, PORT)
@@ -85,6 +49,12 @@ def test_derp_without_a_relay_then_the_relay_after_helm_install(tailnet, release
     sent, pong = tailnet.ping_until(relayed(endpoints), MAX_PINGS, f"the relay at {sorted(endpoints)}",
                                     relay_side(release))
     print(f"relayed after {sent} pings: via {pong.via} in {pong.rtt_ms:.2f}ms")
+    # The relay keeps the traffic local: no DERP distance on the path.
+    on_relay = [p for p in tailnet.ping(10) if p.path == "peer-relay"]
+    assert on_relay, "the path left the relay right after it was found"
+    assert median_rtt(on_relay) < delay / 2, (
+        f"pings through the relay should stay far below the DERP distance ({delay} ms), took "
+        f"{[p.rtt_ms for p in on_relay]} ms (via DERP: {[p.rtt_ms for p in baseline]} ms)")
 
     # The same path, seen by the client's status and by the relay's session list.
     peer = tailnet.lan_peer_status()
