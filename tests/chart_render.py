@@ -75,11 +75,12 @@ def helm_text(values: dict | None = None, *, helm: str = HELM, args: tuple = ())
 
 
 def value_paths(values: dict, prefix: str = ""):
-    """Dotted paths of values.yaml's settings. Maps that are one setting (resources, security contexts) stay whole,
-    as helm-docs documents them in one row."""
+    """Dotted paths of values.yaml's settings. Maps that are one setting (resources, security contexts, labels and
+    annotations) stay whole, as helm-docs documents them in one row."""
     for key, value in values.items():
         path = prefix + key
-        if isinstance(value, dict) and value and not key.endswith(("resources", "ecurityContext")):
+        if isinstance(value, dict) and value and \
+                not key.endswith(("resources", "ecurityContext", "abels", "nnotations")):
             yield from value_paths(value, path + ".")
         else:
             yield path

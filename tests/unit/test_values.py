@@ -9,7 +9,10 @@ EXISTING = {"auth": {"authKey": "", "existingSecret": "ts-auth"}}
 OAUTH = {"auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "secret"}}, **TAGS}
 OAUTH_EXISTING = {"auth": {"authKey": "", "oauth": {"existingSecret": "oauth"}}, **TAGS}
 MONITOR = {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}}}
-MONITOR_ARGS = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+MONITOR_ARGS = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+                "--api-versions", "monitoring.coreos.com/v1/PrometheusRule")
+RULE = {"metrics": {"enabled": True, "prometheusRule": {"enabled": True}}}
+DASHBOARD = {"metrics": {"enabled": True, "dashboard": {"enabled": True}}}
 NETPOL = {"networkPolicy": {"enabled": True}}
 TWO = {"replicaCount": 2}
 
@@ -71,6 +74,12 @@ CHANGES = {
     "metrics.serviceMonitor.enabled": ({"metrics": {"enabled": True}}, {"metrics": {"serviceMonitor": {"enabled": True}}}),
     "metrics.serviceMonitor.interval": (MONITOR, {"metrics": {"serviceMonitor": {"interval": "1m"}}}),
     "metrics.serviceMonitor.labels": (MONITOR, {"metrics": {"serviceMonitor": {"labels": {"release": "prom"}}}}),
+    "metrics.prometheusRule.enabled": ({"metrics": {"enabled": True}}, RULE),
+    "metrics.prometheusRule.labels": (RULE, {"metrics": {"prometheusRule": {"labels": {"role": "alert-rules"}}}}),
+    "metrics.prometheusRule.alertLabels": (RULE, {"metrics": {"prometheusRule": {"alertLabels": {"team": "net"}}}}),
+    "metrics.dashboard.enabled": ({"metrics": {"enabled": True}}, DASHBOARD),
+    "metrics.dashboard.labels": (DASHBOARD, {"metrics": {"dashboard": {"labels": {"grafana_dashboard": "relays"}}}}),
+    "metrics.dashboard.annotations": (DASHBOARD, {"metrics": {"dashboard": {"annotations": {"folder": "Network"}}}}),
     "networkPolicy.enabled": ({}, {"networkPolicy": {"enabled": True}}),
     "networkPolicy.relayFrom": (NETPOL, {"networkPolicy": {"relayFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}}),
     "networkPolicy.healthFrom": (NETPOL, {"networkPolicy": {"healthFrom": [{"podSelector": {}}]}}),
@@ -108,7 +117,7 @@ def test_every_value_has_a_case():
 @pytest.mark.parametrize("path", sorted(CHANGES))
 def test_value_changes_the_render(path):
     context, change = CHANGES[path]
-    args = MONITOR_ARGS if path.startswith("metrics.serviceMonitor") else ()
+    args = MONITOR_ARGS if path.startswith(("metrics.serviceMonitor", "metrics.prometheusRule")) else ()
     before = helm_text(context, args=args)
     after = helm_text(deep_merge(context, change), args=args)
     assert before != after, f"setting {path} changes nothing in the rendered chart"
