@@ -12,13 +12,15 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import subprocess
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 
-from chart_render import CHART_NAME, TOOLS
+from chart_render import CHART_NAME, REPO, TOOLS
 from relay_release import unavailable
 from release_keys import gpg_key, run_release
 
@@ -48,14 +50,55 @@ def core(kube_api):
     return client.CoreV1Api(kube_api)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test item, so fixtures can see in teardown whether the test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+def keep_namespace_evidence(core, namespace: str, test_id: str) -> Path:
+    """Writes what a person needs to see why a test failed in NAMESPACE (every pod's status and each container's
+    log, current and previous, and the namespace's events) under TEST_LOGS_DIR (scripts/test sets it; CI keeps
+    it), before the namespace is deleted."""
+    from kubernetes import client
+
+    out = Path(os.environ.get("TEST_LOGS_DIR") or REPO / "test-logs" / "pytest") / re.sub(r"[^\w.-]+", "_", test_id)
+    out.mkdir(parents=True, exist_ok=True)
+    for pod in core.list_namespaced_pod(namespace).items:
+        name = pod.metadata.name
+        (out / f"pod-{name}.txt").write_text(str(pod.status))
+        for container in [c.name for c in pod.spec.containers + (pod.spec.init_containers or [])]:
+            for previous in (False, True):
+                try:
+                    log = core.read_namespaced_pod_log(name, namespace, container=container, previous=previous)
+                except client.ApiException:
+                    continue
+                (out / f"log-{name}-{container}{'-previous' if previous else ''}.txt").write_text(log)
+    events = core.list_namespaced_event(namespace).items
+    (out / "events.txt").write_text("\n".join(
+        f"{e.last_timestamp or e.event_time} {e.type} {e.involved_object.kind}/{e.involved_object.name} "
+        f"{e.reason}: {e.message}" for e in events))
+    return out
+
+
 @pytest.fixture
-def namespace(core):
-    """A fresh namespace, deleted (without waiting) after the test."""
+def namespace(request, core):
+    """A fresh namespace, deleted (without waiting) after the test; when the test failed, its pods' logs and the
+    namespace's events are kept first (keep_namespace_evidence)."""
     from kubernetes import client
 
     name = f"it-{uuid.uuid4().hex[:8]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        try:
+            kept = keep_namespace_evidence(core, name, request.node.nodeid)
+            print(f"\nlogs and events of namespace {name} kept in {kept}")
+        except Exception as error:  # keeping evidence must not hide the failure itself
+            print(f"\ncould not keep the evidence of namespace {name}: {error}")
     core.delete_namespace(name, propagation_policy="Background")
 
 
