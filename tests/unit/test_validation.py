@@ -72,6 +72,28 @@ CASES = {
         {"serviceAccount": {"create": False}},
         "serviceAccount.name: with serviceAccount.create false, name the existing ServiceAccount the relay runs as",
     ),
+    "the namespace's default service account": (
+        # every pod of the namespace that names no account runs as "default": the relay's Role (its state Secrets,
+        # which hold the node keys) must not be bound to it
+        {"serviceAccount": {"create": False, "name": "default"}},
+        "serviceAccount.name: \"default\" is the account every pod in the namespace runs as",
+    ),
+    "the default service account, to be created": (
+        {"serviceAccount": {"name": "default"}},
+        "serviceAccount.name: \"default\" is the account every pod in the namespace runs as",
+    ),
+    "a prometheus rule without metrics": (
+        {"metrics": {"prometheusRule": {"enabled": True}}},
+        "metrics.enabled: metrics.prometheusRule.enabled needs metrics.enabled true",
+    ),
+    "a prometheus rule without the CRD": (
+        {"metrics": {"enabled": True, "prometheusRule": {"enabled": True}}},
+        "metrics.prometheusRule.enabled: the cluster has no monitoring.coreos.com/v1 PrometheusRule",
+    ),
+    "a dashboard without metrics": (
+        {"metrics": {"dashboard": {"enabled": True}}},
+        "metrics.enabled: metrics.dashboard.enabled needs metrics.enabled true",
+    ),
     "service monitor without metrics": (
         {"metrics": {"serviceMonitor": {"enabled": True}}},
         "metrics.enabled: metrics.serviceMonitor.enabled needs metrics.enabled true",
