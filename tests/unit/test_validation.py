@@ -43,11 +43,12 @@ CASES = {
         "service.nodePort: each replica has its own Service",
     ),
     "load balancer class on a node port": (
-        {"service": {"type": "NodePort", "loadBalancerClass": "x"}, "relay": {"staticEndpoints": ["192.0.2.1:30001"]}},
+        {"service": {"type": "NodePort", "nodePort": 30001, "loadBalancerClass": "x"},
+         "relay": {"staticEndpoints": ["192.0.2.1:30001"]}},
         "service.loadBalancerClass: only applies to service.type LoadBalancer",
     ),
     "source ranges on a node port": (
-        {"service": {"type": "NodePort", "loadBalancerSourceRanges": ["10.0.0.0/8"]},
+        {"service": {"type": "NodePort", "nodePort": 30001, "loadBalancerSourceRanges": ["10.0.0.0/8"]},
          "relay": {"staticEndpoints": ["192.0.2.1:30001"]}},
         "service.loadBalancerSourceRanges: only applies to service.type LoadBalancer",
     ),
@@ -71,6 +72,15 @@ CASES = {
     "an existing service account without a name": (
         {"serviceAccount": {"create": False}},
         "serviceAccount.name: with serviceAccount.create false, name the existing ServiceAccount the relay runs as",
+    ),
+    "a node port that Kubernetes picks": (
+        {"service": {"type": "NodePort"}, "relay": {"staticEndpoints": ["192.0.2.1:30441"]}},
+        "service.nodePort: with service.type NodePort, fix the node port",
+    ),
+    "a static endpoint on another port than the node port": (
+        {"service": {"type": "NodePort", "nodePort": 30441},
+         "relay": {"staticEndpoints": ["192.0.2.1:30441", "[2001:db8::1]:40000"]}},
+        "relay.staticEndpoints: [2001:db8::1]:40000 does not use service.nodePort 30441",
     ),
     "the namespace's default service account": (
         # every pod of the namespace that names no account runs as "default": the relay's Role (its state Secrets,
