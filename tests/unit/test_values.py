@@ -44,6 +44,8 @@ CHANGES = {
     "auth.oauth.existingSecret": (OAUTH_EXISTING, {"auth": {"oauth": {"existingSecret": "other"}}}),
     "auth.oauth.clientIdKey": (OAUTH_EXISTING, {"auth": {"oauth": {"clientIdKey": "id"}}}),
     "auth.oauth.clientSecretKey": (OAUTH_EXISTING, {"auth": {"oauth": {"clientSecretKey": "secret"}}}),
+    "auth.oauth.ephemeral": (OAUTH, {"auth": {"oauth": {"ephemeral": True}}}),
+    "auth.oauth.preauthorized": (OAUTH, {"auth": {"oauth": {"preauthorized": False}}}),
     "service.type": ({"relay": {"staticEndpoints": ["192.0.2.1:30001"]}, "service": {"nodePort": 30001}},
                      {"service": {"type": "NodePort"}}),
     "service.annotations": ({}, {"service": {"annotations": {"a": "b"}}}),
