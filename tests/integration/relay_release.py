@@ -66,10 +66,11 @@ def cluster_values() -> dict:
 
 class Release:
     """One Helm release of the chart in one namespace. CHART is what helm installs (the chart directory, a package,
-    oci://…, repo/name) and HELM_BINARY which helm (Helm 4 by default; .tools/bin/helm3 for Helm 3)."""
+    oci://…, repo/name), HELM_BINARY which helm (Helm 4 by default; .tools/bin/helm3 for Helm 3) and BASE_VALUES()
+    the values every call's go over (cluster_values)."""
 
     def __init__(self, api: client.ApiClient, namespace: str, name: str = "relay", chart: str = str(CHART),
-                 helm_binary: str = HELM, chart_args: tuple[str, ...] = ()):
+                 helm_binary: str = HELM, chart_args: tuple[str, ...] = (), base_values=cluster_values):
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
@@ -79,11 +80,14 @@ class Release:
         self.chart = chart
         self.helm_binary = helm_binary
         self.chart_args = chart_args
+        # what the release's values go over: the cluster's images and credentials (another chart version may need
+        # them in its own words)
+        self.base_values = base_values
 
     def helm(self, *args: str, values: dict | None = None, check: bool = True,
              timeout: int = 600) -> subprocess.CompletedProcess:
         """Runs helm in the release's namespace; VALUES are merged over the cluster's images and credentials."""
-        merged = deep_merge(cluster_values(), values) if values is not None else None
+        merged = deep_merge(self.base_values(), values) if values is not None else None
         result = run_helm(*args, "--namespace", self.namespace, values=merged, timeout=timeout, helm=self.helm_binary)
         if check and result.returncode != 0:
             pytest.fail(f"helm {' '.join(args[:2])} failed:\n{result.stdout}\n{result.stderr}\n{self.describe()}")

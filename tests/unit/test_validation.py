@@ -82,6 +82,10 @@ CASES = {
          "relay": {"staticEndpoints": ["192.0.2.1:30441", "[2001:db8::1]:40000"]}},
         "relay.staticEndpoints: [2001:db8::1]:40000 does not use service.nodePort 30441",
     ),
+    "a value removed in 0.2.0": (
+        {"health": {"enabled": True}},
+        "health.enabled: removed in chart 0.2.0; the relay's readiness probe is always on",
+    ),
     "the namespace's default service account": (
         # every pod of the namespace that names no account runs as "default": the relay's Role (its state Secrets,
         # which hold the node keys) must not be bound to it
