@@ -89,6 +89,18 @@ reconcile() {
     reason="the relay server does not hold UDP port $RELAY_PORT (see the relay's log for 'relayserver: error initializing server', e.g. bind: permission denied)"
 }
 
+# The script is PID 1 of its container, and PID 1 ignores the signals it has no handler for: without this trap
+# SIGTERM did nothing and every relay pod stop waited out terminationGracePeriodSeconds before the SIGKILL.
+# The sleeps below run in the background and are waited for, so that the trap runs at once.
+sleeper=""
+stop() {
+  log "stopping (signal)"
+  rm -f "$READY_FILE"
+  [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null
+  exit 0
+}
+trap stop TERM INT
+
 log "relay $POD_NAME in namespace $NAMESPACE: port $RELAY_PORT, endpoints ${STATIC_ENDPOINTS:-from Service $POD_NAME}, every ${INTERVAL_SECONDS}s"
 rm -f "$READY_FILE"
 last="" passes=0
@@ -107,7 +119,11 @@ while :; do
   [ "$passes" != "${MAX_PASSES:-}" ] || exit 0
   # while tailscaled starts or logs in, look again soon (only its socket is asked, not the API server)
   case "$reason" in
-    "tailscaled's LocalAPI"* | "the relay is not logged in"*) sleep "$((INTERVAL_SECONDS < 2 ? INTERVAL_SECONDS : 2))" ;;
-    *) sleep "$INTERVAL_SECONDS" ;;
+    "tailscaled's LocalAPI"* | "the relay is not logged in"*) pause="$((INTERVAL_SECONDS < 2 ? INTERVAL_SECONDS : 2))" ;;
+    *) pause="$INTERVAL_SECONDS" ;;
   esac
+  sleep "$pause" &
+  sleeper=$!
+  wait "$sleeper"
+  sleeper=""
 done

@@ -2,7 +2,9 @@
 tailscaled LocalAPI (tests/fake_tailscaled.py) that parses and stores the settings the way tailscale 1.104 does."""
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,25 @@ def test_says_when_tailscaled_is_not_there_yet(make):
     run.tailscaled.socket_path.unlink()
     out = run.run()
     assert not run.ready and "not ready: tailscaled's LocalAPI does not answer yet" in out, out
+
+
+def test_sigterm_stops_the_sidecar_at_once_not_after_its_interval(tmp_path):
+    # PID 1 of the container ignores signals without a handler: the kubelet would wait terminationGracePeriodSeconds
+    sidecar = Sidecar(tmp_path)
+    env = {**sidecar.env, "POD_NAME": POD, "NAMESPACE": "tailnet", "PATH": sidecar.path, "HOME": str(tmp_path),
+           "FAKE_KUBE_WORLD": str(sidecar.world_path), "TS_SOCKET": str(sidecar.tailscaled.socket_path),
+           "READY_FILE": str(sidecar.ready_file), "UDP_TABLES": str(sidecar.tailscaled.udp_table),
+           "INTERVAL_SECONDS": "300"}
+    process = subprocess.Popen(["sh", str(tmp_path / "relay-settings.sh")], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not sidecar.ready and time.monotonic() < deadline:  # its first pass done, now in its 300 s sleep
+            time.sleep(0.1)
+        assert sidecar.ready, "the sidecar never finished its first pass"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0, "the sidecar should exit cleanly on SIGTERM"
+    finally:
+        process.kill()
+    assert "stopping (signal)" in process.stdout.read()
+    assert not sidecar.ready, "a stopping sidecar is not Ready"
