@@ -103,6 +103,32 @@ def test_a_deleted_relay_pod_comes_back_relaying_without_the_hook(release):
     eventually_advertises(release, 0)
 
 
+def test_a_relay_pod_stops_without_waiting_out_its_grace_period(release):
+    # Every container must stop on SIGTERM: one that ignores it (the sidecar, PID 1 without a trap, did) holds the
+    # pod until the kubelet's SIGKILL after terminationGracePeriodSeconds, and a StatefulSet starts the replacement
+    # only then. With a grace period of 120 s, a pod gone well before it stopped by itself.
+    grace = 120
+    release.install({**SEED, "terminationGracePeriodSeconds": grace})
+    pod = release.pod(0)
+    release.wait_pod_ready(pod)
+    started = time.monotonic()
+    release.core.delete_namespaced_pod(pod, release.namespace)
+    old_uid = None
+    while time.monotonic() - started < grace + 30:
+        try:
+            current = release.core.read_namespaced_pod(pod, release.namespace)
+        except Exception:  # gone, not yet recreated
+            break
+        old_uid = old_uid or current.metadata.uid
+        if current.metadata.uid != old_uid:  # the StatefulSet made the next one: the old one is gone
+            break
+        time.sleep(0.5)
+    stopped_in = time.monotonic() - started
+    assert stopped_in < grace / 2, (
+        f"the relay pod took {stopped_in:.0f}s of its {grace}s grace period to stop: a container ignores SIGTERM\n"
+        f"{release.describe()}")
+
+
 def test_a_deleted_state_secret_is_written_back_and_the_relay_logs_in_again(release):
     # The opt-in for clusters whose admin accepts the chart's ValidatingAdmissionPolicy (chart default: off).
     values = {**SEED, "rbac": {"relayRecreatesStateSecrets": True}}
