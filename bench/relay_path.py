@@ -130,6 +130,61 @@ def iperf(net: Tailnet, workload_ip: str, server_pid: int, seconds: int, relay: 
     return out
 
 
+# What each candidate limit does to relayed throughput (issue: relayed is half of direct). Each mode is a fresh
+# install of the relay with the values shown, measured with the same iperf3 run as the main relay phase.
+def throughput_modes(base_env: list[dict]) -> list[tuple[str, dict, str]]:
+    """(mode, relay values, what it tests) for the throughput matrix; BASE_ENV is the test cluster's extraEnv."""
+    return [
+        ("default", {}, "uid 1000, userspace: socket buffers capped by the node's rmem_max/wmem_max"),
+        ("gso-gro-off", {"extraEnv": base_env + [{"name": "TS_DEBUG_DISABLE_UDP_GSO", "value": "true"},
+                                                 {"name": "TS_DEBUG_DISABLE_UDP_GRO", "value": "true"}]},
+         "batched UDP I/O switched off"),
+        ("cpu-limit-1", {"resources": {"limits": {"cpu": "1", "memory": "256Mi"}}},
+         "a 1-CPU limit: GOMAXPROCS 1, one SO_REUSEPORT socket per family"),
+        ("kernel-mode", {"tailscale": {"userspace": False}},
+         "root with NET_ADMIN: the relay can force its 7 MiB socket buffers"),
+        ("node-buffers-7mib", {}, "uid 1000 with net.core.rmem_max/wmem_max raised to 7 MiB on the node"),
+    ]
+
+
+def node_sysctl(values: dict[str, str]) -> dict[str, str]:
+    """Sets sysctls on the kind node (the host kernel's: rmem_max and wmem_max are not per network namespace) and
+    returns their previous values."""
+    before = {}
+    for key, value in values.items():
+        before[key] = subprocess.run(["docker", "exec", NODE, "sysctl", "-n", key], capture_output=True, text=True,
+                                     check=True).stdout.strip()
+        subprocess.run(["docker", "exec", NODE, "sysctl", "-w", f"{key}={value}"], capture_output=True, check=True)
+    return before
+
+
+def throughput_matrix(net: Tailnet, relay: Release, workload_ip: str, workload_pid: int, seconds: int,
+                      direct_mbit: float) -> list[dict]:
+    from relay_release import cluster_values
+
+    rows = []
+    for mode, values, what in throughput_modes(cluster_values()["extraEnv"]):
+        log(f"throughput mode {mode}: {what}")
+        relay.helm("uninstall", relay.name, "--wait", check=False)
+        saved = node_sysctl({"net.core.rmem_max": str(7 << 20), "net.core.wmem_max": str(7 << 20)}) \
+            if mode == "node-buffers-7mib" else {}
+        try:
+            relay.install({**SEED, **values})
+            endpoints = relay.service_endpoints(0, PORT)
+            net.ping_until(lambda p: p.relay_endpoint in endpoints, 300, f"the relay ({mode})")
+            result = iperf(net, workload_ip, workload_pid, seconds, relay)
+            log_text = relay.core.read_namespaced_pod_log(relay.pod(0), relay.namespace, container="tailscale")
+        finally:
+            if saved:
+                node_sysctl(saved)
+        rows.append({"mode": mode, "what": what, **result,
+                     "ratio_to_direct": round(result["mbit_per_s"] / direct_mbit, 2),
+                     "socket_buffers_forced": "failed to force-set UDP" not in log_text})
+        log(f"throughput mode {mode}: {rows[-1]}")
+    relay.helm("uninstall", relay.name, "--wait", check=False)
+    return rows
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -137,7 +192,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [k for k in ("direct", "relay", "derp") if k in results["icmp"]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [2, 1.3]})
     left.boxplot([results["icmp"][k]["rtts_ms"] for k in labels], vert=False, whis=(5, 95), showfliers=True)
     left.set_yticks(range(1, len(labels) + 1), [f"{k}\nmedian {results['icmp'][k]['median_ms']:.3f} ms" for k in labels])
     left.set_xscale("log")
@@ -145,7 +200,12 @@ def plot(results: dict, path: Path) -> None:
     left.set_title(f"LAN device → workload pod, {results['icmp'][labels[0]]['count']} echoes per path")
     tput = results["throughput"]
     names = [k for k in ("direct", "relay") if k in tput]
-    right.bar(names, [tput[k]["mbit_per_s"] for k in names], color=["#888", "#2a7"])
+    bars = [tput[k]["mbit_per_s"] for k in names]
+    for row in results.get("throughput_modes", []):
+        names.append(f"relay:\n{row['mode']}")
+        bars.append(row["mbit_per_s"])
+    right.bar(names, bars, color=["#888"] + ["#2a7"] * (len(names) - 1))
+    right.tick_params(axis="x", labelrotation=60, labelsize=7)
     right.set_ylabel("iperf3 TCP, Mbit/s")
     right.set_title("throughput over the tailnet")
     fig.suptitle(f"tailscale-peer-relay chart on kind ({results['environment']['date']})", fontsize=10)
@@ -159,6 +219,7 @@ def main() -> None:
     parser.add_argument("--pings", type=int, default=200, help="pongs per path (default 200)")
     parser.add_argument("--iperf-seconds", type=int, default=15)
     parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument("--skip-matrix", action="store_true", help="skip the relayed throughput per relay mode")
     args = parser.parse_args()
 
     config.load_kube_config()
@@ -209,6 +270,9 @@ def main() -> None:
     results["icmp"]["direct"] = icmp(net, "direct", workload_ip, args.pings)
     results["throughput"]["direct"] = iperf(net, workload_ip, workload_pid, args.iperf_seconds, None)
     net.firewall("closed")
+    if not args.skip_matrix:
+        results["throughput_modes"] = throughput_matrix(net, relay, workload_ip, workload_pid, args.iperf_seconds,
+                                                        results["throughput"]["direct"]["mbit_per_s"])
 
     rtt = results["icmp"]
     results["ratios"] = {
@@ -230,7 +294,7 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     log(f"wrote {args.out / 'results.json'}: {json.dumps(results['ratios'])}")
     plot(results, args.out / "rtt.png")
-    relay.helm("uninstall", relay.name, "--wait")
+    relay.helm("uninstall", relay.name, "--wait", check=False)
 
 
 if __name__ == "__main__":

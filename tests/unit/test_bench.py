@@ -26,11 +26,17 @@ def test_every_path_was_measured_on_its_own_path(results):
     assert (REPO / "bench" / "rtt.png").stat().st_size > 10_000, "the plot is missing"
 
 
+def test_derp_was_measured_at_a_distance_and_every_relay_mode_was_measured(results):
+    assert results["environment"].get("derp_delay_ms", 0) > 0, "DERP was measured without its distance"
+    modes = {row["mode"] for row in results["throughput_modes"]}
+    assert {"default", "gso-gro-off", "cpu-limit-1", "kernel-mode", "node-buffers-7mib"} <= modes, modes
+
+
 def readme_lines(results) -> list[str]:
     icmp, tput, setup = results["icmp"], results["throughput"], results["relay_setup"]
+    derp = f"DERP (Headscale, {results['environment']['derp_delay_ms']:g} ms away per client)"
     lines = [f"| {name} | {icmp[path]['median_ms']:.3f} ms | {icmp[path]['p95_ms']:.3f} ms |"
-             for path, name in (("direct", "direct (firewall open)"), ("relay", "**peer relay**"),
-                                ("derp", "DERP (Headscale, same network)"))]
+             for path, name in (("direct", "direct (firewall open)"), ("relay", "**peer relay**"), ("derp", derp))]
     lines += [
         f"relay/direct {results['ratios']['relay_over_direct_icmp_median']}×, "
         f"DERP/relay {results['ratios']['derp_over_relay_icmp_median']}×",
@@ -40,6 +46,9 @@ def readme_lines(results) -> list[str]:
         f"relay pod: {results['relay_idle_memory_mib']} MiB idle; {tput['relay']['relay_memory_mib']} MiB and "
         f"{tput['relay']['relay_cpu_cores']} CPU cores under that iperf3 load",
     ]
+    lines += [f"| {row['mode']} | {row['what']} | {row['mbit_per_s']} Mbit/s | {row['ratio_to_direct']} | "
+              f"{'yes' if row['socket_buffers_forced'] else 'no'} | {row['relay_cpu_cores']} |"
+              for row in results["throughput_modes"]]
     return lines
 
 
