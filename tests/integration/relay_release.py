@@ -133,10 +133,15 @@ class Release:
         status = json.loads(self.tailscale(pod, "status", "--json"))
         return status["Self"]["PublicKey"], tuple(sorted(status["Self"]["TailscaleIPs"]))
 
-    def service_endpoints(self, index: int, port: int) -> set[str]:
-        service = self.core.read_namespaced_service(self.pod(index), self.namespace)
-        addresses = [i.ip for i in (service.status.load_balancer.ingress or []) if i.ip]
-        return {f"[{a}]:{port}" if ipaddress.ip_address(a).version == 6 else f"{a}:{port}" for a in addresses}
+    def service_addresses(self, service: str) -> list[str]:
+        """The load balancer IPs of SERVICE in the release's namespace."""
+        found = self.core.read_namespaced_service(service, self.namespace)
+        return [i.ip for i in (found.status.load_balancer.ingress or []) if i.ip]
+
+    def service_endpoints(self, index: int, port: int, service: str | None = None) -> set[str]:
+        """What a relay behind replica INDEX's Service (or SERVICE) should advertise: each address with PORT."""
+        return {f"[{a}]:{port}" if ipaddress.ip_address(a).version == 6 else f"{a}:{port}"
+                for a in self.service_addresses(service or self.pod(index))}
 
     def wait_pod_ready(self, pod: str, timeout: int = 180) -> client.V1Pod:
         deadline = time.monotonic() + timeout

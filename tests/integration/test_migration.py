@@ -6,7 +6,6 @@ through the chart's relay.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import subprocess
@@ -55,19 +54,6 @@ def old_pod(core, namespace: str):
     return pods[0] if pods else None
 
 
-def old_tailscale(release, pod: str, *args: str) -> str:
-    return release.exec(pod, ["tailscale", "--socket=/tmp/tailscaled.sock", *args]).strip()
-
-
-def service_addresses(core, namespace: str, name: str) -> list[str]:
-    service = core.read_namespaced_service(name, namespace)
-    return [i.ip for i in (service.status.load_balancer.ingress or []) if i.ip]
-
-
-def endpoint(address: str) -> str:
-    return f"[{address}]:{PORT}" if ipaddress.ip_address(address).version == 6 else f"{address}:{PORT}"
-
-
 def test_the_write_ups_relay_moves_to_the_chart_as_the_same_node(kube_api, core, namespace, release, tailnet,
                                                                  tmp_path):
     # --- the write-up's relay, set up as the write-up did ------------------------------------------------------
@@ -78,20 +64,19 @@ def test_the_write_ups_relay_moves_to_the_chart_as_the_same_node(kube_api, core,
         if not pod or pod.status.phase != "Running":
             return False
         try:
-            return json.loads(old_tailscale(release, pod.metadata.name, "status", "--json"))["BackendState"] == "Running"
+            return json.loads(release.tailscale(pod.metadata.name, "status", "--json"))["BackendState"] == "Running"
         except Exception:  # tailscaled not up yet
             return False
     wait_until(logged_in, "the write-up's relay to log in", 180, lambda: release.describe())
-    wait_until(lambda: len(service_addresses(core, namespace, OLD)) == 2, "two LoadBalancer addresses on its Service",
+    wait_until(lambda: len(release.service_addresses(OLD)) == 2, "two LoadBalancer addresses on its Service",
                120, lambda: str(core.read_namespaced_service(OLD, namespace).status))
-    addresses = service_addresses(core, namespace, OLD)
-    endpoints = {endpoint(a) for a in addresses}
+    addresses = release.service_addresses(OLD)
+    endpoints = release.service_endpoints(0, PORT, service=OLD)
     pod = old_pod(core, namespace).metadata.name
-    old_tailscale(release, pod, "set", f"--relay-server-port={PORT}",
+    release.tailscale(pod, "set", f"--relay-server-port={PORT}",
                   f"--relay-server-static-endpoints={','.join(sorted(endpoints))}")
     tailnet.ping_until(relayed(endpoints), 180, f"the write-up's relay at {sorted(endpoints)}", release.describe)
-    status = json.loads(old_tailscale(release, pod, "status", "--json"))["Self"]
-    identity = (status["PublicKey"], tuple(sorted(status["TailscaleIPs"])))
+    identity = release.node_identity(pod)
 
     # --- the migration, as the README says -----------------------------------------------------------------------
     apps = client.AppsV1Api(kube_api)
@@ -113,7 +98,7 @@ def test_the_write_ups_relay_moves_to_the_chart_as_the_same_node(kube_api, core,
     new_pod = release.pod(0)
     assert release.node_identity(new_pod) == identity, \
         "the chart's relay should be the write-up's node: the same node key and tailnet addresses"
-    assert set(service_addresses(core, namespace, new_pod)) == set(addresses), \
+    assert set(release.service_addresses(new_pod)) == set(addresses), \
         "the chart's Service should have taken the old Service's addresses"
     assert release.relay_settings(new_pod) == (str(PORT), endpoints)
     tailnet.ping_until(relayed(endpoints), 180, "the chart's relay, the same node", relay_side(release))

@@ -44,7 +44,8 @@ def received_client_secret(values: dict) -> str:
     manifests = render(values)
     path = env_of(relay_container(manifests))["TS_CLIENT_SECRET"]
     assert path.startswith("file:"), "the client secret reaches the relay as a file"
-    secret = one(manifests, "Secret", f"{one(manifests, 'StatefulSet')['metadata']['name']}-auth")
+    volumes = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
+    secret = one(manifests, "Secret", next(v["secret"]["secretName"] for v in volumes if v["name"] == "auth"))
     return base64.b64decode(secret["data"][path.rsplit("/", 1)[1]]).decode()
 
 
