@@ -1,0 +1,399 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"tailscale.com/health"
+	"tailscale.com/ipn"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/net/udprelay/status"
+)
+
+// fakeTailscaled serves a LocalAPI on a unix socket that behaves like tailscaled 1.104's on the points the agent
+// relies on: status (BackendState), prefs (GET and PATCH of MaskedPrefs, only the fields marked Set change),
+// debug-peer-relay-sessions (UDPPort is the configured port), the IPN bus (initial state, prefs and health, then
+// a Notify on every change), metrics (clientmetrics text), logout (NeedsLogin).
+// relogin() does what a fresh `tailscale up` does to the relay settings: resets them.
+type fakeTailscaled struct {
+	t      *testing.T
+	socket string
+
+	mu         sync.Mutex
+	state      ipn.State
+	prefs      ipn.Prefs
+	health     map[health.WarnableCode]health.UnhealthyState
+	inMapPoll  bool
+	edits      int // PATCHes of the relay settings
+	logouts    int
+	down       bool // the LocalAPI answers nothing (tailscaled restarting)
+	watchers   []chan ipn.Notify
+	refuseEdit string
+}
+
+func newFakeTailscaled(t *testing.T) *fakeTailscaled {
+	dir, err := os.MkdirTemp("", "ts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	f := &fakeTailscaled{t: t, socket: filepath.Join(dir, "tailscaled.sock"), state: ipn.Running, inMapPoll: true}
+	listener, err := net.Listen("unix", f.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := &httptest.Server{Listener: listener, Config: &http.Server{Handler: f}}
+	server.Start()
+	t.Cleanup(server.Close)
+	return f
+}
+
+func (f *fakeTailscaled) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	if f.down {
+		f.mu.Unlock()
+		hj, _ := w.(http.Hijacker)
+		conn, _, _ := hj.Hijack()
+		conn.Close()
+		return
+	}
+	w.Header().Set("Tailscale-Version", "1.104.7")
+	path := strings.TrimPrefix(r.URL.Path, "/localapi/v0/")
+	switch {
+	case path == "status":
+		st := ipnstate.Status{Version: "1.104.7", BackendState: f.state.String()}
+		f.mu.Unlock()
+		writeJSON(w, st)
+	case path == "prefs" && r.Method == http.MethodGet:
+		prefs := f.prefs
+		f.mu.Unlock()
+		writeJSON(w, prefs)
+	case path == "prefs" && r.Method == http.MethodPatch:
+		var mp ipn.MaskedPrefs
+		if err := json.NewDecoder(r.Body).Decode(&mp); err != nil {
+			f.mu.Unlock()
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if f.refuseEdit != "" {
+			msg := f.refuseEdit
+			f.mu.Unlock()
+			http.Error(w, msg, http.StatusBadRequest)
+			return
+		}
+		if mp.RelayServerPortSet {
+			f.prefs.RelayServerPort = mp.RelayServerPort
+		}
+		if mp.RelayServerStaticEndpointsSet {
+			f.prefs.RelayServerStaticEndpoints = mp.RelayServerStaticEndpoints
+		}
+		f.edits++
+		prefs := f.prefs
+		f.notifyLocked(ipn.Notify{Prefs: ptr(prefs.View())})
+		f.mu.Unlock()
+		writeJSON(w, prefs)
+	case path == "debug-peer-relay-sessions":
+		st := status.ServerStatus{UDPPort: f.prefs.RelayServerPort}
+		f.mu.Unlock()
+		writeJSON(w, st)
+	case path == "metrics":
+		active := 0
+		if f.inMapPoll {
+			active = 1
+		}
+		f.mu.Unlock()
+		fmt.Fprintf(w, "# TYPE controlclient_map_requests_active gauge\ncontrolclient_map_requests_active %d\n", active)
+	case path == "logout" && r.Method == http.MethodPost:
+		f.logouts++
+		f.state = ipn.NeedsLogin
+		f.notifyLocked(ipn.Notify{State: ptr(ipn.NeedsLogin)})
+		f.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	case path == "watch-ipn-bus":
+		ch := make(chan ipn.Notify, 16)
+		state, prefs := f.state, f.prefs
+		ch <- ipn.Notify{State: &state, Prefs: ptr(prefs.View()), Health: &health.State{Warnings: f.health}}
+		f.watchers = append(f.watchers, ch)
+		f.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		enc := json.NewEncoder(w)
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case n, ok := <-ch:
+				if !ok {
+					return
+				}
+				if enc.Encode(n) != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+			}
+		}
+	default:
+		f.mu.Unlock()
+		http.Error(w, "not found", http.StatusNotFound)
+	}
+}
+
+func (f *fakeTailscaled) notifyLocked(n ipn.Notify) {
+	for _, ch := range f.watchers {
+		select {
+		case ch <- n:
+		default:
+		}
+	}
+}
+
+// relogin: a new login (after a deleted node, say) resets the relay settings to none.
+func (f *fakeTailscaled) relogin() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.prefs.RelayServerPort, f.prefs.RelayServerStaticEndpoints = nil, nil
+	f.state = ipn.Running
+	f.notifyLocked(ipn.Notify{State: ptr(ipn.Running), Prefs: ptr(f.prefs.View())})
+}
+
+// restart: tailscaled goes away (its watchers' streams end) for a moment.
+func (f *fakeTailscaled) setDown(down bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.down = down
+	if down {
+		for _, ch := range f.watchers {
+			close(ch)
+		}
+		f.watchers = nil
+	}
+}
+
+func (f *fakeTailscaled) setState(state ipn.State, loginError string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.state = state
+	f.health = nil
+	if loginError != "" {
+		f.health = map[health.WarnableCode]health.UnhealthyState{"login-state": {
+			WarnableCode: "login-state", Title: "Logged out",
+			Text: "You are logged out. The last login error was: " + loginError,
+			Args: health.Args{health.ArgError: loginError}}}
+	}
+	f.notifyLocked(ipn.Notify{State: &state, Health: &health.State{Warnings: f.health}})
+}
+
+func (f *fakeTailscaled) settings() (uint16, []netip.AddrPort, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var port uint16
+	if f.prefs.RelayServerPort != nil {
+		port = *f.prefs.RelayServerPort
+	}
+	return port, f.prefs.RelayServerStaticEndpoints, f.edits
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// fakeAPIServer is the part of the Kubernetes API the agent and the check use: objects by path (GET), a watch of
+// the Services collection (fieldSelector metadata.name), merge PATCH of ConfigMaps, POST of Events. broken makes
+// every request fail with 503 and ends open watches, as an API server restart does.
+type fakeAPIServer struct {
+	t      *testing.T
+	server *httptest.Server
+
+	mu       sync.Mutex
+	objects  map[string]map[string]any // path -> object
+	version  int
+	watches  []chan WatchEvent
+	events   []map[string]any
+	broken   bool
+	requests int
+}
+
+func newFakeAPIServer(t *testing.T) *fakeAPIServer {
+	f := &fakeAPIServer{t: t, objects: map[string]map[string]any{}}
+	f.server = httptest.NewServer(f)
+	t.Cleanup(f.server.Close)
+	return f
+}
+
+func (f *fakeAPIServer) kube() *Kube { return &Kube{Base: f.server.URL, HTTP: f.server.Client()} }
+
+func (f *fakeAPIServer) put(path string, obj map[string]any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.version++
+	meta, _ := obj["metadata"].(map[string]any)
+	if meta == nil {
+		meta = map[string]any{}
+		obj["metadata"] = meta
+	}
+	meta["resourceVersion"] = fmt.Sprint(f.version)
+	_, existed := f.objects[path]
+	f.objects[path] = obj
+	if strings.Contains(path, "/services/") {
+		raw, _ := json.Marshal(obj)
+		kind := "MODIFIED"
+		if !existed {
+			kind = "ADDED"
+		}
+		for _, ch := range f.watches {
+			ch <- WatchEvent{Type: kind, Object: raw}
+		}
+	}
+}
+
+func (f *fakeAPIServer) setBroken(broken bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.broken = broken
+	if broken {
+		for _, ch := range f.watches {
+			close(ch)
+		}
+		f.watches = nil
+	}
+}
+
+func (f *fakeAPIServer) eventReasons() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var reasons []string
+	for _, e := range f.events {
+		reasons = append(reasons, e["reason"].(string))
+	}
+	return reasons
+}
+
+func (f *fakeAPIServer) status(name string) (Status, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cm := f.objects["/api/v1/namespaces/relays/configmaps/"+name]
+	data, _ := cm["data"].(map[string]any)
+	raw, ok := data["status.json"].(string)
+	var st Status
+	if ok {
+		_ = json.Unmarshal([]byte(raw), &st)
+	}
+	return st, ok
+}
+
+func (f *fakeAPIServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.requests++
+	if f.broken {
+		f.mu.Unlock()
+		http.Error(w, `{"kind":"Status","message":"the server is currently unable to handle the request"}`, http.StatusServiceUnavailable)
+		return
+	}
+	switch {
+	case r.Method == http.MethodGet && r.URL.Query().Get("watch") == "true":
+		name := strings.TrimPrefix(r.URL.Query().Get("fieldSelector"), "metadata.name=")
+		ch := make(chan WatchEvent, 16)
+		f.watches = append(f.watches, ch)
+		f.mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		enc := json.NewEncoder(w)
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case ev, ok := <-ch:
+				if !ok {
+					return
+				}
+				var obj struct{ Metadata ObjectMeta }
+				_ = json.Unmarshal(ev.Object, &obj)
+				if obj.Metadata.Name != name {
+					continue
+				}
+				_ = enc.Encode(ev)
+				w.(http.Flusher).Flush()
+			}
+		}
+	case r.Method == http.MethodGet:
+		obj, ok := f.objects[r.URL.Path]
+		f.mu.Unlock()
+		if !ok {
+			http.Error(w, `{"kind":"Status","message":"not found"}`, http.StatusNotFound)
+			return
+		}
+		writeJSON(w, obj)
+	case r.Method == http.MethodPatch && strings.Contains(r.URL.Path, "/configmaps/"):
+		defer f.mu.Unlock()
+		if r.Header.Get("Content-Type") != "application/merge-patch+json" {
+			http.Error(w, "want a merge patch", http.StatusUnsupportedMediaType)
+			return
+		}
+		obj, ok := f.objects[r.URL.Path]
+		if !ok {
+			http.Error(w, `{"kind":"Status","message":"configmaps not found"}`, http.StatusNotFound)
+			return
+		}
+		var patch struct{ Data map[string]string }
+		_ = json.NewDecoder(r.Body).Decode(&patch)
+		data, _ := obj["data"].(map[string]any)
+		if data == nil {
+			data = map[string]any{}
+			obj["data"] = data
+		}
+		for k, v := range patch.Data {
+			data[k] = v
+		}
+		writeJSON(w, obj)
+	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/events"):
+		defer f.mu.Unlock()
+		var ev map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		f.events = append(f.events, ev)
+		w.WriteHeader(http.StatusCreated)
+		writeJSON(w, ev)
+	default:
+		f.mu.Unlock()
+		http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, http.StatusMethodNotAllowed)
+	}
+}
+
+func service(name string, policy string, ingress ...map[string]any) map[string]any {
+	items := make([]any, len(ingress))
+	for i, in := range ingress {
+		items[i] = in
+	}
+	return map[string]any{
+		"metadata": map[string]any{"name": name, "namespace": "relays"},
+		"spec":     map[string]any{"ipFamilyPolicy": policy},
+		"status":   map[string]any{"loadBalancer": map[string]any{"ingress": items}},
+	}
+}
+
+// waitFor polls cond for up to 10 s and fails the test with what it waited for and the last thing it saw.
+func waitFor(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var saw string
+	for time.Now().Before(deadline) {
+		var ok bool
+		if ok, saw = cond(); ok {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("waited 10s for %s; last saw: %s", what, saw)
+}
