@@ -171,8 +171,15 @@ func (a *Agent) check(ctx context.Context, st *Status) string {
 		}
 	}
 	a.mu.Unlock()
-	if status.BackendState != ipn.Running.String() {
+	// Running, or Starting with a node key (after a restart): both need the control server's map poll.
+	if status.BackendState == ipn.Running.String() || status.BackendState == ipn.Starting.String() {
+		if reason := a.checkControl(ctx); reason != "" {
+			return reason
+		}
+	} else {
 		a.outOfPoll = time.Time{}
+	}
+	if status.BackendState != ipn.Running.String() {
 		if a.loginError != "" {
 			st.LoginError = a.loginError
 			return fmt.Sprintf("the relay is not logged in (%s): %s", status.BackendState, a.loginError)
@@ -180,9 +187,6 @@ func (a *Agent) check(ctx context.Context, st *Status) string {
 		return fmt.Sprintf("the relay is not logged in yet (%s)", status.BackendState)
 	}
 	a.loginError = ""
-	if reason := a.checkControl(ctx); reason != "" {
-		return reason
-	}
 
 	desired, from, warning, err := a.desiredEndpoints(ctx)
 	if warning != "" {
@@ -302,8 +306,10 @@ func (a *Agent) desiredEndpoints(ctx context.Context) (eps []netip.AddrPort, fro
 	return eps, "Service " + a.cfg.Service, warning, nil
 }
 
-// watchService keeps a.svc current: a get, then a watch from its resourceVersion; on any error the last Service
-// stays, the error is recorded, and after a pause it starts again with a get.
+// watchService keeps a.svc current: a get, then a watch from its resourceVersion, which the API server ends after a
+// minute (so a get every minute: an API server that stops serving this relay, or an RBAC change, which an open
+// watch would not notice, shows within a minute); on any error the last Service stays, the error is recorded, and
+// after a pause (1 s, doubling up to 30 s) it starts again with a get.
 func (a *Agent) watchService(ctx context.Context) {
 	pause := time.Second
 	for ctx.Err() == nil {
@@ -313,7 +319,7 @@ func (a *Agent) watchService(ctx context.Context) {
 			a.setService(ctx, &svc, nil)
 			pause = time.Second
 			query := url.Values{"fieldSelector": {"metadata.name=" + a.cfg.Service},
-				"resourceVersion": {svc.Metadata.ResourceVersion}, "timeoutSeconds": {"600"}}
+				"resourceVersion": {svc.Metadata.ResourceVersion}, "timeoutSeconds": {"60"}}
 			err = a.kube.Watch(ctx, "/api/v1/namespaces/"+url.PathEscape(a.cfg.Namespace)+"/services", query, func(ev WatchEvent) error {
 				switch ev.Type {
 				case "ADDED", "MODIFIED":
@@ -412,9 +418,9 @@ func (a *Agent) watchTailscaled(ctx context.Context) {
 	}
 }
 
-// checkControl finds a relay the control server no longer knows (its node deleted while tailscaled runs) and logs
-// it in again. tailscaled has no state for that: it keeps its last network map and stays Running, and the map poll
-// that would be refused ("node not found") is retried quietly. What it does expose is whether its map poll is up
+// checkControl finds a relay the control server no longer knows (its node deleted) and logs it in again. tailscaled
+// has no state for that: it keeps its last network map and stays Running (or, restarted, Starting), and the map
+// request that control refuses (Headscale: 404 "node not found") is retried quietly, its error only logged. What it does expose is whether its map poll is up
 // (the clientmetric controlclient_map_requests_active, 1 while a streaming map request is open). Out of the map poll
 // for ReloginAfter while the control server itself answers means control refuses this node; a control server that
 // does not answer is an outage, through which the relay keeps relaying on its last network map.

@@ -274,6 +274,14 @@ func TestTailscaledRefusingTheSettingsIsReported(t *testing.T) {
 }
 
 func TestARelayTheControlServerNoLongerServesLogsOutToLogInAgain(t *testing.T) {
+	for _, state := range []ipn.State{ipn.Running, ipn.Starting} {
+		t.Run("while "+state.String(), func(t *testing.T) { testRelogin(t, state) })
+	}
+}
+
+// testRelogin: the node deleted while tailscaled runs (Running, the map poll ends) or before it restarts (Starting:
+// it has a node key, and control refuses its map requests).
+func testRelogin(t *testing.T, state ipn.State) {
 	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/key" {
 			fmt.Fprint(w, `{"publicKey":"mkey:00"}`)
@@ -287,6 +295,7 @@ func TestARelayTheControlServerNoLongerServesLogsOutToLogInAgain(t *testing.T) {
 	h.ts.mu.Lock()
 	h.ts.inMapPoll = false // the node was deleted: every map request is refused
 	h.ts.mu.Unlock()
+	h.ts.setState(state, "")
 	waitFor(t, "a logout, which makes containerboot restart tailscaled and log in with the auth key", func() (bool, string) {
 		h.ts.mu.Lock()
 		defer h.ts.mu.Unlock()

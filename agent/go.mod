@@ -2,7 +2,10 @@ module tailscale-peer-relay-chart/agent
 
 go 1.27.4
 
-require tailscale.com v1.104.7
+require (
+	golang.org/x/crypto/x509roots/fallback v0.0.0-20260113154411-7d0074ccc6f1
+	tailscale.com v1.104.7
+)
 
 require (
 	filippo.io/edwards25519 v1.2.0 // indirect
@@ -29,6 +32,8 @@ require (
 	golang.zx2c4.com/wireguard/windows v1.0.1 // indirect
 )
 
+// Graph only: the module proxy here refuses three versions tailscale.com v1.104.7 pins (scripts/versions.env,
+// TAILSCALE_TEST_REPLACE, the same lines); none of their packages is linked into relay-agent (go list -deps).
 replace gvisor.dev/gvisor => gvisor.dev/gvisor v0.0.0-20260905035102-160fafc42237
 
 replace github.com/tailscale/gliderssh => github.com/tailscale/gliderssh v0.3.4-0.20260716005906-1a0f895faf28

@@ -30,9 +30,24 @@ Fullname: the prefix of every resource name. Kept to 50 characters so that
 {{- printf "%s-%d" (include "relay.fullname" .root) (int .index) }}
 {{- end }}
 
-{{/* Name of replica N's state Secret: its Tailscale identity, never the auth key. */}}
+{{/* Name of replica N's state Secret: its Tailscale identity, never the auth key. .index is a number, or
+"$(POD_INDEX)" in the pod template (the container's environment expands it). */}}
 {{- define "relay.stateSecretName" -}}
-{{- printf "%s-state-%d" (include "relay.fullname" .root) (int .index) }}
+{{- printf "%s-state-%v" (include "relay.fullname" .root) .index }}
+{{- end }}
+
+{{/* Name of replica N's status ConfigMap: where its agent reports, for the hook and helm test. .index as above. */}}
+{{- define "relay.statusConfigMapName" -}}
+{{- printf "%s-status-%v" (include "relay.fullname" .root) .index }}
+{{- end }}
+
+{{/* Comma-separated names of every replica by .name ("relay.replicaName" or "relay.statusConfigMapName"). */}}
+{{- define "relay.replicaNames" -}}
+{{- $names := list }}
+{{- range $index := until (int .root.Values.replicaCount) }}
+{{- $names = append $names (include $.name (dict "root" $.root "index" $index)) }}
+{{- end }}
+{{- join "," $names }}
 {{- end }}
 
 {{- define "relay.headlessServiceName" -}}
@@ -99,8 +114,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- include "relay.imageRef" (dict "image" .Values.image "defaultTag" (printf "v%s" .Chart.AppVersion)) }}
 {{- end }}
 
-{{- define "relay.hookImage" -}}
-{{- include "relay.imageRef" (dict "image" .Values.hook.image "defaultTag" "") }}
+{{/* The chart's own agent image: the relay pod's agent, the hook and helm test. Default tag: the chart version. */}}
+{{- define "relay.agentImage" -}}
+{{- include "relay.imageRef" (dict "image" .Values.agent.image "defaultTag" .Chart.Version) }}
 {{- end }}
 
 {{/* Relay settings ------------------------------------------------------------ */}}
@@ -134,7 +150,7 @@ own control plane), else "false". */}}
 {{- join " " $args }}
 {{- end }}
 
-{{/* Path of tailscaled's LocalAPI socket; the hook and test pass it to the tailscale CLI. */}}
+{{/* Path of tailscaled's LocalAPI socket, in the /tmp volume the relay and its agent share. */}}
 {{- define "relay.socket" -}}
 /tmp/tailscaled.sock
 {{- end }}
@@ -190,8 +206,9 @@ process environment, which other processes of the same user, and crash dumps, ca
 {{- end }}
 
 {{/*
-Pod spec shared by the hook Job and the helm test Pod: the hook script, in mode .mode
-("apply" or "verify"), as the hook ServiceAccount.
+Pod spec shared by the hook Job and the helm test Pod: the agent's check (relay-agent check), in mode .mode
+("apply" or "verify"), as the hook ServiceAccount. It reads what each replica's agent reports in its status
+ConfigMap: no logs, no exec.
 */}}
 {{- define "relay.hookPodSpec" -}}
 {{- $root := .root }}
@@ -205,50 +222,32 @@ securityContext:
   {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
 containers:
   - name: {{ .mode }}
-    image: {{ include "relay.hookImage" $root }}
-    imagePullPolicy: {{ $root.Values.hook.image.pullPolicy }}
-    command: ["/bin/sh", "/scripts/relay-hook.sh", {{ .mode | quote }}]
-    # On failure the end of the log becomes the pod's termination message (kubectl describe).
+    image: {{ include "relay.agentImage" $root }}
+    imagePullPolicy: {{ $root.Values.agent.image.pullPolicy }}
+    args: ["check", {{ .mode | quote }}]
+    # On failure the end of the log (the check's message) becomes the pod's termination message (kubectl describe).
     terminationMessagePolicy: FallbackToLogsOnError
     env:
       - name: NAMESPACE
         valueFrom:
           fieldRef:
             fieldPath: metadata.namespace
-      - name: FULLNAME
+      - name: STATEFULSET
         value: {{ include "relay.fullname" $root | quote }}
-      - name: REPLICAS
-        value: {{ $root.Values.replicaCount | quote }}
+      - name: PODS
+        value: {{ include "relay.replicaNames" (dict "root" $root "name" "relay.replicaName") | quote }}
+      - name: STATUS_CONFIGMAPS
+        value: {{ include "relay.replicaNames" (dict "root" $root "name" "relay.statusConfigMapName") | quote }}
       - name: RELAY_PORT
         value: {{ $root.Values.relay.port | quote }}
       - name: STATIC_ENDPOINTS
         value: {{ join "," $root.Values.relay.staticEndpoints | quote }}
       - name: TIMEOUT_SECONDS
         value: {{ $root.Values.hook.timeoutSeconds | quote }}
-      - name: CONTAINER
-        value: tailscale
-      - name: SIDECAR
-        value: relay-settings
-      # kubectl keeps its discovery cache under $HOME; the root filesystem is read-only.
-      - name: HOME
-        value: /tmp
     securityContext:
       {{- toYaml $root.Values.securityContext | nindent 6 }}
     resources:
       {{- toYaml $root.Values.hook.resources | nindent 6 }}
-    volumeMounts:
-      - name: scripts
-        mountPath: /scripts
-        readOnly: true
-      - name: tmp
-        mountPath: /tmp
-volumes:
-  - name: scripts
-    configMap:
-      name: {{ include "relay.hookName" $root }}
-  - name: tmp
-    emptyDir:
-      sizeLimit: 16Mi
 {{- with $root.Values.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
@@ -289,4 +288,9 @@ tailscale-peer-relay.chart/replica-count
 {{- $quoted := list }}
 {{- range . }}{{ $quoted = append $quoted (printf "'%s'" .) }}{{ end }}
 {{- join ", " $quoted }}
+{{- end }}
+
+{{/* The control server the relay logs in to: the agent asks it whether it answers before it logs a relay out. */}}
+{{- define "relay.loginServer" -}}
+{{- default "https://controlplane.tailscale.com" .Values.tailscale.loginServer }}
 {{- end }}

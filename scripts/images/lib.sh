@@ -21,7 +21,10 @@ export CGO_ENABLED=0 GOTOOLCHAIN=local
 
 # Image names (all local: nothing is pulled, kind nodes get them by `kind load`).
 RELAY_IMAGE="localhost/tailscale:v${TAILSCALE_VERSION}"
-HOOK_IMAGE="localhost/relay-hook:${KUBERNETES_VERSION}"
+# The chart's agent, tagged by its sources (agent/ and the script that builds its image): a change rebuilds it.
+AGENT_IMAGE="localhost/relay-agent:$(cat "$ROOT/scripts/agent-image" "$ROOT"/agent/go.* "$ROOT"/agent/*.go | sha256sum | cut -c1-12)"
+# A toolbox for the tests only (sh, coreutils, curl, kubectl): ephemeral containers that read a pod's socket table.
+TOOLBOX_IMAGE="localhost/toolbox:${KUBERNETES_VERSION}"
 HEADSCALE_IMAGE="localhost/headscale:${HEADSCALE_VERSION}"
 METALLB_CONTROLLER_IMAGE="localhost/metallb-controller:${METALLB_VERSION}"
 METALLB_SPEAKER_IMAGE="localhost/metallb-speaker:${METALLB_VERSION}"
@@ -70,7 +73,7 @@ need_docker() {
 have_docker() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 need_kind() { [[ -n "$KIND" && -x "$KIND" ]] || die "kind not found (run scripts/install-tools)"; }
 
-# kubectl for the hook image and for deploying: the node-image build's binary
+# kubectl for the toolbox image and for deploying: the node-image build's binary
 # (same KUBERNETES_VERSION, same wrapper-module recipe) when it is there,
 # otherwise scripts/images/build kubectl builds one.
 find_kubectl() {

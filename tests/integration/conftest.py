@@ -153,8 +153,9 @@ def classic_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def published(tmp_path_factory, classic_server):
-    """One scripts/release run for the whole session: the signed package pushed to the registry on the kind network
-    (REGISTRY) with a cosign signature and the Artifact Hub metadata, and a classic repository under the HTTP server.
+    """One scripts/release run for the whole session: the agent image (both platforms, signed, SBOMs attested) and the
+    signed package pushed to the registry on the kind network (REGISTRY) with a cosign signature and the Artifact Hub
+    metadata, and a classic repository under the HTTP server.
     The chart-distribution and Flux tests install from it."""
     registry = os.environ.get("REGISTRY")
     if not registry:
@@ -168,6 +169,7 @@ def published(tmp_path_factory, classic_server):
     oci = f"oci://{registry}/it-{uuid.uuid4().hex[:8]}"
     result, made = run_release("--out", str(repo_dir), "--gpg-key", gpg.name, "--gpg-keyring", str(gpg.secret_keyring),
                                "--oci", oci, "--cosign-key", str(cosign_key), "--repo-url", f"{base_url}/charts",
+                               "--agent-image", f"{oci.removeprefix('oci://')}/relay-agent",
                                "--plain-http", env={"COSIGN_PASSWORD": COSIGN_PASSWORD})
     assert result.returncode == 0, result.stderr
     return {**made, "gpg": gpg, "cosign_pub": cosign_pub, "other_pub": other_pub, "oci": oci, "www": www,

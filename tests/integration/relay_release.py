@@ -15,7 +15,7 @@ from kubernetes.stream import stream
 from chart_render import CHART, HELM, REPO, deep_merge, run_helm
 
 ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
-REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "HOOK_IMAGE")
+REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "AGENT_IMAGE", "TOOLBOX_IMAGE")
 TEST_CLUSTER_VALUES = REPO / "scripts" / "images" / "relay-values.yaml"
 
 
@@ -55,10 +55,11 @@ def cluster_values() -> dict:
     if missing:
         unavailable(f"{', '.join(missing)} unset")
     relay_repo, relay_tag = os.environ["RELAY_IMAGE"].rsplit(":", 1)
-    hook_repo, hook_tag = os.environ["HOOK_IMAGE"].rsplit(":", 1)
+    agent_repo, agent_tag = os.environ["AGENT_IMAGE"].rsplit(":", 1)
     return deep_merge(yaml.safe_load(TEST_CLUSTER_VALUES.read_text()), {
         "image": {"repository": relay_repo, "tag": relay_tag},
-        "hook": {"image": {"repository": hook_repo, "tag": hook_tag}, "timeoutSeconds": 120},
+        "agent": {"image": {"repository": agent_repo, "tag": agent_tag}},
+        "hook": {"timeoutSeconds": 120},
         "auth": {"authKey": os.environ["AUTHKEY"]},
         "tailscale": {"loginServer": os.environ["LOGIN_SERVER"]},
     })
@@ -157,12 +158,62 @@ class Release:
             time.sleep(2)
         pytest.fail(f"relay pod {pod} not Ready after {timeout}s\n{self.describe()}")
 
-    def sidecar_log(self, pod: str) -> str:
-        """The relay-settings sidecar's log (what it saw and set)."""
+    def agent_log(self, pod: str) -> str:
+        """The agent's log (what it saw and set), for people reading a failure."""
         try:
-            return self.core.read_namespaced_pod_log(pod, self.namespace, container="relay-settings", tail_lines=40)
+            return self.core.read_namespaced_pod_log(pod, self.namespace, container="agent", tail_lines=40)
         except client.ApiException as error:
-            return f"(no relay-settings log: {error.reason})"
+            return f"(no agent log: {error.reason})"
+
+    def status_configmap(self, index: int) -> str:
+        """Replica INDEX's status ConfigMap, by the name the StatefulSet gives its agent (STATUS_CONFIGMAP)."""
+        sts = self.apps.read_namespaced_stateful_set(self.fullname, self.namespace)
+        agent = next(c for c in sts.spec.template.spec.containers if c.name == "agent")
+        name = next(e.value for e in agent.env if e.name == "STATUS_CONFIGMAP")
+        return name.replace("$(POD_INDEX)", str(index))
+
+    def agent_status(self, index: int) -> dict:
+        """What replica INDEX's agent reports in its status ConfigMap ({} before its first report)."""
+        found = self.core.read_namespaced_config_map(self.status_configmap(index), self.namespace)
+        return json.loads((found.data or {}).get("status.json", "{}"))
+
+    def agent_live_status(self, pod: str, port: int = 9003) -> dict:
+        """What POD's agent says right now (its /status, through the API server's pod proxy): also while the agent
+        cannot write its status ConfigMap."""
+        body = self.core.connect_get_namespaced_pod_proxy_with_path(f"{pod}:{port}", self.namespace, "status",
+                                                                   _preload_content=False)
+        return json.loads(body.data)
+
+    def agent_events(self, pod: str) -> list[tuple[str, str]]:
+        """(reason, message) of the Events the agent posted on POD, oldest first."""
+        events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={pod}").items
+        events.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
+        return [(e.reason, e.message) for e in events if (e.source and e.source.component) == "relay-agent"]
+
+    def _on_node(self, pod: str, container: str, script: str) -> subprocess.CompletedProcess:
+        """Runs SCRIPT with sh on the kind node of POD, with $CID set to CONTAINER's runtime id (crictl's): what an
+        event on the node does to one container (its process killed, its connections cut), not through the API."""
+        found = self.core.read_namespaced_pod(pod, self.namespace)
+        status = next(s for s in found.status.container_statuses if s.name == container)
+        cid = status.container_id.split("://", 1)[1]
+        return subprocess.run(["docker", "exec", "-e", f"CID={cid}", found.spec.node_name, "sh", "-c", script],
+                              capture_output=True, text=True, timeout=60)
+
+    def stop_container(self, pod: str, container: str) -> None:
+        """Stops one container of POD on its node (as a crash would); the kubelet starts it again."""
+        result = self._on_node(pod, container, 'crictl stop --timeout 5 "$CID"')
+        assert result.returncode == 0, f"crictl stop {container} of {pod}: {result.stderr}"
+
+    def cut_connections(self, pod: str, container: str, address: str) -> str:
+        """Closes every TCP connection of POD's network namespace to ADDRESS (ss -K), as a network change would."""
+        result = self._on_node(pod, container, 'nsenter -t "$(crictl inspect -o go-template --template '
+                                               f"'{{{{.info.pid}}}}' \"$CID\")\" -n ss -K dst {address}")
+        assert result.returncode == 0, f"ss -K dst {address} in {pod}: {result.stderr}"
+        return result.stdout
+
+    def container_status(self, pod: str, container: str) -> client.V1ContainerStatus:
+        found = self.core.read_namespaced_pod(pod, self.namespace)
+        return next(s for s in found.status.container_statuses if s.name == container)
 
     def state_identities(self) -> dict[str, tuple[str, str]]:
         """Per state Secret, the identity tailscaled keeps there: its machine key and the login profile it points at.
@@ -196,7 +247,7 @@ class Release:
     def udp_ports_bound(self, pod: str) -> set[int]:
         """UDP ports bound in the pod's network namespace, read from an ephemeral container of the hook image."""
         name = f"udp-check-{int(time.time())}"
-        hook_image = os.environ["HOOK_IMAGE"]
+        hook_image = os.environ["TOOLBOX_IMAGE"]
         debug = {"name": name, "image": hook_image, "command": ["sleep", "300"], "imagePullPolicy": "IfNotPresent",
                  "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                      "runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}}

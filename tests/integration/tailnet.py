@@ -108,7 +108,7 @@ def relay_side(release, replicas: int = 1):
             try:
                 node = release.core.read_namespaced_pod(pod, release.namespace).spec.node_name
                 lines += [f"relay {pod} on node {node}: settings {release.relay_settings(pod)}",
-                          release.tailscale(pod, "debug", "peer-relay-sessions"), release.sidecar_log(pod)]
+                          release.tailscale(pod, "debug", "peer-relay-sessions"), release.agent_log(pod)]
             except Exception as error:  # the explanation must not hide the failure it explains
                 lines.append(f"relay {pod}: {error}")
         return "\n".join(lines)

@@ -128,3 +128,37 @@ def test_the_oci_chart_carries_its_provenance_and_readme(published):
     media_types = {layer["mediaType"] for layer in manifest["layers"]}
     assert "application/vnd.cncf.helm.chart.provenance.v1.prov" in media_types, \
         "helm push should upload the .prov as a layer, so helm pull --verify works from the registry"
+
+
+def cosign(*args):
+    return run(TOOLS / "cosign", *args, "--insecure-ignore-tlog", "--allow-http-registry", "--allow-insecure-registry")
+
+
+def test_the_agent_image_is_pushed_for_both_platforms_signed_with_an_sbom_each(published):
+    image, digest = published["AGENT_IMAGE"], published["AGENT_DIGEST"]
+    index = run(TOOLS / "oras", "manifest", "fetch", "--plain-http", image)
+    assert index.returncode == 0, index.stderr
+    index = json.loads(index.stdout)
+    platforms = {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"] for m in index["manifests"]}
+    assert set(platforms) == {"linux/amd64", "linux/arm64"}, f"the agent image index has {sorted(platforms)}"
+    repo = image.rsplit(":", 1)[0]
+    signed = cosign("verify", "--key", published["cosign_pub"], f"{repo}@{digest}")
+    assert signed.returncode == 0, f"the agent image's signature does not verify: {signed.stderr}"
+    assert cosign("verify", "--key", published["other_pub"], f"{repo}@{digest}").returncode != 0
+    for platform, manifest in platforms.items():
+        attested = cosign("verify-attestation", "--key", published["cosign_pub"], "--type", "cyclonedx",
+                          f"{repo}@{manifest}")
+        assert attested.returncode == 0, f"no verified SBOM attestation for {platform}: {attested.stderr}"
+        statement = json.loads(__import__("base64").b64decode(json.loads(attested.stdout.splitlines()[0])["payload"]))
+        components = {c["name"] for c in statement["predicate"].get("components", [])}
+        assert "tailscale.com" in components, f"the {platform} SBOM should list the agent's modules: {sorted(components)[:10]}"
+
+
+@HELMS
+def test_the_published_chart_runs_the_agent_image_it_was_released_with(published, helm):
+    shown = run(helm, "show", "values", published["oci_chart"], "--version", published["version"], "--plain-http")
+    assert shown.returncode == 0, shown.stderr
+    repository = published["AGENT_IMAGE"].rsplit(":", 1)[0]
+    assert f"repository: {repository}" in shown.stdout, "the package's agent.image.repository should be the pushed image"
+    chart = run(helm, "show", "chart", published["oci_chart"], "--version", published["version"], "--plain-http").stdout
+    assert f"image: {published['AGENT_IMAGE']}" in chart, "artifacthub.io/images should name the pushed agent image"

@@ -36,7 +36,7 @@ def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
     release.core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="unrelated")))
     release.core.create_namespaced_pod(ns, client.V1Pod(
         metadata=client.V1ObjectMeta(name="unrelated"),
-        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image=os.environ["HOOK_IMAGE"],
+        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image=os.environ["TOOLBOX_IMAGE"],
                                                               command=["sleep", "600"])])))
 
     assert can(kube_api, ns, relay_sa, "get", "secrets", f"{release.fullname}-state-0")
@@ -49,16 +49,26 @@ def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
         "without rbac.relayRecreatesStateSecrets no admission policy is installed"
     assert not can(kube_api, ns, relay_sa, "list", "secrets", None)
 
-    # the relay-settings sidecar reads its own Service, nothing else
+    # the agent reads and watches its own Service, nothing else, and writes only its status ConfigMap
+    status = release.status_configmap(0)
     assert can(kube_api, ns, relay_sa, "get", "services", release.pod(0))
+    assert can(kube_api, ns, relay_sa, "watch", "services", release.pod(0))
     assert not can(kube_api, ns, relay_sa, "list", "services", None)
+    assert not can(kube_api, ns, relay_sa, "watch", "services", None)
+    assert can(kube_api, ns, relay_sa, "patch", "configmaps", status)
+    assert not can(kube_api, ns, relay_sa, "patch", "configmaps", "unrelated")
+    assert not can(kube_api, ns, relay_sa, "create", "configmaps", "anything")
+    for verb in ("patch", "update"):
+        assert not can(kube_api, ns, relay_sa, verb, "pods", release.pod(0)), f"the relay can {verb} its pod (image)"
 
     # no exec anywhere: exec into the relay would read its auth key
     for verb in ("create", "get"):
         assert not can(kube_api, ns, hook_sa, verb, "pods", release.pod(0), "exec"), f"the hook can {verb} pods/exec"
         assert not can(kube_api, ns, relay_sa, verb, "pods", release.pod(0), "exec")
-    assert can(kube_api, ns, hook_sa, "get", "pods", release.pod(0), "log")
-    assert not can(kube_api, ns, hook_sa, "get", "pods", "unrelated", "log")
+    assert not can(kube_api, ns, hook_sa, "get", "pods", release.pod(0), "log"), "the hook reads status, not logs"
+    assert can(kube_api, ns, hook_sa, "get", "configmaps", status)
+    assert not can(kube_api, ns, hook_sa, "patch", "configmaps", status)
+    assert not can(kube_api, ns, hook_sa, "get", "configmaps", "unrelated")
     assert not can(kube_api, ns, hook_sa, "get", "secrets", f"{release.fullname}-auth")
     assert not can(kube_api, ns, hook_sa, "list", "pods", None)
 

@@ -2,7 +2,7 @@
 
 scripts/images/deploy builds and loads the images, starts Headscale and MetalLB;
 the settings come from the environment (LOGIN_SERVER, AUTHKEY, RELAY_IMAGE,
-HOOK_IMAGE, as printed by scripts/images/env) or, when unset, from running
+TOOLBOX_IMAGE, as printed by scripts/images/env) or, when unset, from running
 scripts/images/env. Cluster and namespace fixtures: tests/integration/conftest.py.
 """
 
@@ -34,7 +34,7 @@ def kube(kube_api):
 
 @pytest.fixture(scope="module")
 def settings() -> dict[str, str]:
-    names = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "HOOK_IMAGE")
+    names = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "TOOLBOX_IMAGE")
     if all(os.environ.get(n) for n in names):
         return {n: os.environ[n] for n in names}
     run = subprocess.run([str(ROOT / "scripts/images/env")], capture_output=True, text=True)
@@ -165,19 +165,19 @@ def test_relay_image_logs_in_and_takes_relay_settings(kube, settings, namespace)
     assert data, "state Secret is still empty"
 
 
-def test_hook_image_has_shell_tools_and_kubectl(kube, settings, namespace):
+def test_toolbox_image_has_shell_tools_and_kubectl(kube, settings, namespace):
     core = kube.CoreV1Api()
     script = (
         "set -eu; kubectl version --client >/dev/null; "
         "echo abc | sed s/b/x/ | grep -q axc; date -u +%s >/dev/null; "
-        "touch $HOME/ok; echo hook-ok"
+        "touch $HOME/ok; echo toolbox-ok"
     )
     container = _restricted_container(
-        kube, name="hook", image=settings["HOOK_IMAGE"], command=["/bin/sh", "-c", script],
+        kube, name="hook", image=settings["TOOLBOX_IMAGE"], command=["/bin/sh", "-c", script],
     )
     core.create_namespaced_pod(namespace, _pod(kube, "hook", container))
     phase = _wait("the hook pod to finish",
                   lambda: core.read_namespaced_pod("hook", namespace).status.phase in ("Succeeded", "Failed")
                   and core.read_namespaced_pod("hook", namespace).status.phase, timeout=120)
     logs = _logs(kube, namespace, "hook")
-    assert phase == "Succeeded" and "hook-ok" in logs, logs
+    assert phase == "Succeeded" and "toolbox-ok" in logs, logs

@@ -1,20 +1,29 @@
 """Day two: whatever happens to a running release, each relay is soon back to advertising its Service's current
-addresses on relay.port, with no helm command. The relay-settings sidecar does it (chart/files/relay-settings.sh)."""
+addresses on relay.port, with no helm command. The relay's agent does it (agent/, the agent container)."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
+from urllib.parse import urlparse
 
 import pytest
+from kubernetes import client
 
+from relay_release import wait_until
 from tailnet import headscale
 
 pytestmark = pytest.mark.integration
 
 PORT = 61441
 SEED = {"relay": {"port": PORT}, "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}}
-# The sidecar checks every 10 s (settingsSidecar.intervalSeconds); a re-login adds a container restart and a login.
+# The agent acts on a change at once (it watches its Service and tailscaled); a re-login adds a container restart
+# and a login.
 WITHIN = 120
+# How long a relay may be out of the control server's map poll before its agent logs it out (agent.reloginAfterSeconds;
+# the chart's default is 120 s).
+RELOGIN_AFTER = 20
 
 
 def eventually_advertises(release, index: int, timeout: int = WITHIN) -> tuple[str, set[str]]:
@@ -32,31 +41,120 @@ def eventually_advertises(release, index: int, timeout: int = WITHIN) -> tuple[s
             seen = repr(error)
         time.sleep(3)
     pytest.fail(f"{pod} did not come back to port {PORT} and endpoints {release.service_endpoints(index, PORT)} "
-                f"within {timeout}s; last seen: {seen}\n{release.sidecar_log(pod)}\n{release.describe()}")
+                f"within {timeout}s; last seen: {seen}\n{release.agent_log(pod)}\n{release.describe()}")
 
 
-def test_a_relogin_that_wipes_the_settings_is_repaired(release):
-    release.install(SEED)
-    pod = release.pod(0)
-    eventually_advertises(release, 0)
-    # The node is deleted on the control server (an admin, an expiry): at its next start the relay logs in again
-    # as a new node, and `tailscale up` replaces every preference, the relay settings included.
+def delete_node(release, pod: str) -> tuple[str, int]:
+    """Deletes POD's node in Headscale (as an admin would); returns its node key and id."""
     node_key = json.loads(release.tailscale(pod, "status", "--json"))["Self"]["PublicKey"]
     node = next(n for n in json.loads(headscale("nodes", "list", "-o", "json")) if n["node_key"] == node_key)
     headscale("nodes", "delete", "--identifier", str(node["id"]), "--force")
-    release.core.delete_namespaced_pod(pod, release.namespace)
-    deadline = time.monotonic() + WITHIN
-    while time.monotonic() < deadline:
-        again = [n for n in json.loads(headscale("nodes", "list", "-o", "json")) if n["node_key"] == node_key]
-        if again and again[0]["id"] != node["id"]:
-            break  # registered again, as a new node (tailscaled keeps its node key)
-        time.sleep(3)
-    else:
-        pytest.fail(f"the relay did not register again after its node was deleted\n{release.describe()}")
+    return node_key, node["id"]
+
+
+def wait_registered_again(release, node_key: str, old_id: int, timeout: int = WITHIN) -> None:
+    """Waits until Headscale has the relay again as a new node (tailscaled keeps its node key when it logs in)."""
+    def again():
+        nodes = [n for n in json.loads(headscale("nodes", "list", "-o", "json")) if n["node_key"] == node_key]
+        return bool(nodes) and nodes[0]["id"] != old_id
+    wait_until(again, "the relay to register again as a new node after its node was deleted", timeout,
+               lambda: f"{release.agent_log(release.pod(0))}\n{release.describe()}")
+
+
+def test_a_relogin_after_only_the_tailscale_container_restarted_is_repaired_by_the_running_agent(release):
+    release.install(SEED)
+    pod = release.pod(0)
     eventually_advertises(release, 0)
-    assert "the relay had port '' endpoints ''" in release.sidecar_log(pod), \
-        "the sidecar should have seen the re-login's empty settings and set them again"
+    agent_before = release.container_status(pod, "agent").container_id
+    # The node is deleted on the control server, then the tailscale container restarts (a crash, an OOM kill): it
+    # logs in again as a new node, and `tailscale up` replaces every preference, the relay settings included. The
+    # pod and its agent stay: the agent must notice and set them again.
+    node_key, old_id = delete_node(release, pod)
+    release.stop_container(pod, "tailscale")
+    wait_registered_again(release, node_key, old_id)
+    eventually_advertises(release, 0)
     release.wait_pod_ready(pod)
+    agent = release.container_status(pod, "agent")
+    assert agent.container_id == agent_before and agent.restart_count == 0, \
+        "the agent must have kept running through the relay container's restart"
+    applied = [m for r, m in release.agent_events(pod) if r == "SettingsApplied"]
+    assert len(applied) >= 2 and "the relay had no relay port" in applied[-1], (
+        f"the running agent should have seen the re-login's empty settings and set them again: {applied}")
+
+
+def test_a_relay_whose_node_is_deleted_while_it_runs_logs_in_again_by_itself(release):
+    release.install({**SEED, "agent": {"reloginAfterSeconds": RELOGIN_AFTER}})
+    pod = release.pod(0)
+    eventually_advertises(release, 0)
+    node_key, old_id = delete_node(release, pod)
+    # Headscale keeps the deleted node's open map stream (it sends keep-alives): the relay learns of the deletion
+    # when that stream ends. A network change ends it: its connections to the control server are cut.
+    release.cut_connections(pod, "tailscale", urlparse(os.environ["LOGIN_SERVER"]).hostname)
+    # refused map polls for RELOGIN_AFTER, then the agent logs the relay out; containerboot exits, and the
+    # restarted container logs in with the auth key
+    wait_registered_again(release, node_key, old_id, timeout=RELOGIN_AFTER + WITHIN)
+    eventually_advertises(release, 0)
+    release.wait_pod_ready(pod)
+    reasons = [r for r, _ in release.agent_events(pod)]
+    assert "LoggingInAgain" in reasons, f"the agent should say it logged the relay out to log in again: {reasons}"
+    assert release.agent_status(0)["ready"], release.agent_status(0)
+
+
+def test_through_an_api_server_outage_the_relay_stays_ready_and_relaying(release):
+    release.install(SEED)
+    pod = release.pod(0)
+    eventually_advertises(release, 0)
+    rbac = client.RbacAuthorizationV1Api(release.core.api_client)
+    binding = rbac.read_namespaced_role_binding(release.fullname, release.namespace)
+    # What the relay's agent sees when the API server is down or refuses it: every call fails (403 here).
+    rbac.delete_namespaced_role_binding(release.fullname, release.namespace)
+    try:
+        wait_until(lambda: release.agent_live_status(pod).get("apiServer"),
+                   "the agent to notice the API server refuses it (its watch ends after a minute)", 150,
+                   lambda: release.agent_log(pod))
+        for _ in range(20):  # a minute: several failed watches and retries
+            found = release.core.read_namespaced_pod(pod, release.namespace)
+            ready = {c.type: c.status for c in found.status.conditions}["Ready"]
+            assert ready == "True", f"{pod} went NotReady while only the API server failed it\n{release.agent_log(pod)}"
+            time.sleep(3)
+        assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT))
+        live = release.agent_live_status(pod)
+        assert live["ready"] and "403" in live["apiServer"], f"the agent should say why it cannot read its Service: {live}"
+    finally:
+        binding.metadata = client.V1ObjectMeta(name=binding.metadata.name, labels=binding.metadata.labels)
+        rbac.create_namespaced_role_binding(release.namespace, binding)
+    wait_until(lambda: not release.agent_status(0).get("apiServer") and "APIServerReachable" in
+               [r for r, _ in release.agent_events(pod)], "the agent to report the API server back", 90,
+               lambda: f"{release.agent_status(0)}\n{release.agent_events(pod)}")
+    reasons = [r for r, _ in release.agent_events(pod)]
+    assert "APIServerUnreachable" in reasons, f"the outage should be on the pod's Events once it is over: {reasons}"
+    assert "NotRelaying" not in reasons, reasons
+
+
+def test_a_hostname_only_load_balancer_is_resolved_to_the_addresses_the_relay_advertises(release):
+    # An AWS NLB gives a Service only a hostname. Here no load balancer serves the Service (a class nobody serves),
+    # and its status gets a hostname the cluster's DNS resolves: the API server's Service name.
+    hostname = "kubernetes.default.svc.cluster.local"
+    cluster_ips = release.core.read_namespaced_service("kubernetes", "default").spec.cluster_i_ps
+    values = {"relay": {"port": PORT}, "service": {"loadBalancerClass": "example.com/nobody-serves-this"}}
+    installing = threading.Thread(target=release.install, args=(values,), kwargs={"wait": False})
+    installing.start()
+
+    def give_hostname():
+        try:
+            release.core.patch_namespaced_service_status(release.pod(0), release.namespace, {
+                "status": {"loadBalancer": {"ingress": [{"hostname": hostname}]}}})
+            return True
+        except client.ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+    wait_until(give_hostname, f"Service {release.pod(0)} to exist", 60, release.describe)
+    installing.join(timeout=300)
+    assert not installing.is_alive(), "helm install (its hook) did not finish"
+    wanted = {f"[{ip}]:{PORT}" if ":" in ip else f"{ip}:{PORT}" for ip in cluster_ips}
+    assert release.relay_settings(release.pod(0)) == (str(PORT), wanted), release.agent_status(0)
+    assert release.agent_status(0)["ready"], release.agent_status(0)
 
 
 def test_a_new_load_balancer_address_is_advertised(release):
@@ -104,7 +202,7 @@ def test_a_deleted_relay_pod_comes_back_relaying_without_the_hook(release):
 
 
 def test_a_relay_pod_stops_without_waiting_out_its_grace_period(release):
-    # Every container must stop on SIGTERM: one that ignores it (the sidecar, PID 1 without a trap, did) holds the
+    # Every container must stop on SIGTERM: one that ignores it (0.3's shell sidecar, PID 1 without a trap, did) holds the
     # pod until the kubelet's SIGKILL after terminationGracePeriodSeconds, and a StatefulSet starts the replacement
     # only then. With a grace period of 120 s, a pod gone well before it stopped by itself.
     grace = 120

@@ -33,7 +33,9 @@ def test_check_commands_cover_every_replica():
     for pod in ("relay-tailscale-peer-relay-0", "relay-tailscale-peer-relay-1"):
         assert f"exec {pod} -c tailscale -- tailscale --socket=/tmp/tailscaled.sock get relay-server-port" in text
         assert f"get service {pod}" in text
-        assert f"logs {pod} -c relay-settings" in text
+        assert f"describe pod {pod}" in text, "the agent's Events are on the pod"
+    for status in ("relay-tailscale-peer-relay-status-0", "relay-tailscale-peer-relay-status-1"):
+        assert f"get configmap {status} -o jsonpath" in text
     assert "helm test relay --namespace tailnet" in text
 
 

@@ -1,4 +1,5 @@
-"""Least privilege: the relay touches only its state Secrets; the hook only the relay's pods and Services."""
+"""Least privilege: the relay touches only its state Secrets, Service and status ConfigMap; the hook only reads the
+relay's pods, Services and status ConfigMaps."""
 import pytest
 
 from chart_render import FULLNAME, find, one, render
@@ -17,10 +18,14 @@ def test_relay_role_names_each_state_secret_and_cannot_create(replicas):
     assert sorted(secrets["verbs"]) == ["get", "patch", "update"]
     assert f"{FULLNAME}-auth" not in secrets["resourceNames"], "the relay must not read its auth Secret through the API"
     assert sorted(rules[(("",), ("events",))]["verbs"]) == ["create", "get", "patch"]
-    # the relay-settings sidecar reads its Service's addresses
+    # the agent reads and watches its Service's addresses (a watch by name), and writes its status ConfigMap
     services = rules[(("",), ("services",))]
-    assert services["resourceNames"] == [f"{FULLNAME}-{i}" for i in range(replicas)] and services["verbs"] == ["get"]
-    assert set(rules) == {(("",), ("secrets",)), (("",), ("events",)), (("",), ("services",))}
+    assert services["resourceNames"] == [f"{FULLNAME}-{i}" for i in range(replicas)]
+    assert services["verbs"] == ["get", "list", "watch"]
+    status = rules[(("",), ("configmaps",))]
+    assert status["resourceNames"] == [f"{FULLNAME}-status-{i}" for i in range(replicas)]
+    assert status["verbs"] == ["get", "patch"], "the agent patches its status; it may not create or delete ConfigMaps"
+    assert set(rules) == {(("",), ("secrets",)), (("",), ("events",)), (("",), ("services",)), (("",), ("configmaps",))}
 
 
 @pytest.mark.parametrize("replicas", [1, 3])
@@ -37,13 +42,13 @@ def test_hook_role_is_limited_to_the_relays_own_objects(replicas):
     role = one(render({"replicaCount": replicas}), "Role", f"{FULLNAME}-hook")
     pods = [f"{FULLNAME}-{i}" for i in range(replicas)]
     rules = rules_by_resource(role)
-    # no pods/exec: exec into the relay would let the hook read its auth key (the sidecar applies the settings)
-    assert set(rules) == {
-        (("",), ("pods",)), (("",), ("pods/log",)), (("",), ("services",)), (("apps",), ("statefulsets",)),
-    }
-    for key in [(("",), ("pods",)), (("",), ("pods/log",)), (("",), ("services",))]:
-        assert rules[key]["resourceNames"] == pods, key
-        assert rules[key]["verbs"] == ["get"], key
+    # no pods/exec (exec into the relay would let the hook read its auth key) and no logs: the agents' status
+    # ConfigMaps say what the hook needs
+    assert set(rules) == {(("",), ("pods", "services")), (("",), ("configmaps",)), (("apps",), ("statefulsets",))}
+    assert rules[(("",), ("pods", "services"))]["resourceNames"] == pods
+    assert rules[(("",), ("configmaps",))]["resourceNames"] == [f"{FULLNAME}-status-{i}" for i in range(replicas)]
+    for rule in role["rules"]:
+        assert rule["verbs"] == ["get"], rule
     assert rules[(("apps",), ("statefulsets",))]["resourceNames"] == [FULLNAME]
     for rule in role["rules"]:
         assert "resourceNames" in rule, f"hook rule {rule} is not limited by name"
@@ -79,7 +84,8 @@ def test_no_rule_on_named_objects_is_ever_unrestricted(values):
     manifests = render(values)
     for role in find(manifests, "Role"):
         for rule in role["rules"]:
-            if set(rule["resources"]) & {"secrets", "pods", "pods/exec", "pods/log", "services", "statefulsets"}:
+            if set(rule["resources"]) & {"secrets", "pods", "pods/exec", "pods/log", "services", "statefulsets",
+                                         "configmaps"}:
                 if rule["verbs"] == ["create"] and rule["resources"] == ["secrets"]:
                     # "create" cannot carry names; only the admission policy may narrow it
                     assert find(manifests, "ValidatingAdmissionPolicy"), f"{rule} without the admission policy"

@@ -111,6 +111,13 @@ def test_release_workflow_publishes_with_scripts_release_and_only_known_options(
     help_text = subprocess.run([str(REPO / "scripts" / "release"), "--help"], capture_output=True, text=True).stdout
     known = {word.rstrip(",") for word in help_text.split() if word.startswith("--")}
     assert used <= known, f"the workflow passes options scripts/release does not have: {used - known}"
-    assert {"--oci", "--gpg-key", "--repo-url"} <= used and ("--cosign-keyless" in used or "--cosign-key" in used)
+    assert {"--oci", "--gpg-key", "--repo-url", "--agent-image"} <= used and ("--cosign-keyless" in used or "--cosign-key" in used)
     permissions = workflow()["jobs"]["release"]["permissions"]
     assert permissions == {"contents": "write", "packages": "write", "id-token": "write"}
+
+
+def test_the_release_and_the_test_images_build_the_agent_image_with_one_script():
+    # what the tests run on kind is what a release pushes: both call scripts/agent-image
+    for caller in ("scripts/release", "scripts/images/build"):
+        assert '"$root/scripts/agent-image"' in (REPO / caller).read_text() or \
+            '"$ROOT/scripts/agent-image"' in (REPO / caller).read_text(), f"{caller} should build the agent with scripts/agent-image"

@@ -51,7 +51,7 @@ def test_every_value_in_values_yaml_is_described_by_the_schema():
         ({"relay": {"prot": 1}}, "/relay"),
         ({"servce": {}}, "additional properties 'servce' not allowed"),
         ({"service": {"annotation": {}}}, "/service"),
-        ({"hook": {"image": {"repo": "x"}}}, "/hook/image"),
+        ({"agent": {"image": {"repo": "x"}}}, "/agent/image"),
         ({"auth": {"oauth": {"client_id": "x"}}}, "/auth/oauth"),
         ({"metrics": {"serviceMonitor": {"intervall": "1m"}}}, "/metrics/serviceMonitor"),
     ],
@@ -81,7 +81,8 @@ def test_misspelt_keys_fail(values, where):
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"image": {"digest": "md5:abc"}}, "/image/digest"),
         ({"hook": {"timeoutSeconds": 1}}, "/hook/timeoutSeconds"),
-        ({"hook": {"image": {"tag": ""}}}, "/hook/image/tag"),
+        ({"agent": {"image": {"digest": "latest"}}}, "/agent/image/digest"),
+        ({"agent": {"resyncSeconds": 1}}, "/agent/resyncSeconds"),
     ],
 )
 def test_wrong_types_ranges_and_enums_fail(values, where):

@@ -86,6 +86,14 @@ CASES = {
         {"health": {"enabled": True}},
         "health.enabled: removed in chart 0.2.0; the relay's readiness probe is always on",
     ),
+    "the hook image of 0.3.0": (
+        {"hook": {"image": {"repository": "docker.io/alpine/k8s", "tag": "1.34.2"}}},
+        "hook.image: renamed agent.image in chart 0.4.0",
+    ),
+    "the relay-settings sidecar of 0.3.0": (
+        {"settingsSidecar": {"intervalSeconds": 10}},
+        "settingsSidecar: replaced by agent in chart 0.4.0; settingsSidecar.resources is agent.resources",
+    ),
     "the namespace's default service account": (
         # every pod of the namespace that names no account runs as "default": the relay's Role (its state Secrets,
         # which hold the node keys) must not be bound to it
