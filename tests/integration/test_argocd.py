@@ -140,7 +140,7 @@ def test_argocd_syncs_the_chart_runs_the_hook_and_keeps_the_relay_through_refres
     assert release.state_identities() == state and release.node_identity(pod) == identity
 
     # selfHeal: a hand edit of a chart-owned field is put back by a resource-scoped sync, which runs no PostSync hook.
-    # The relay-settings sidecar, not the hook, keeps the settings: they stay right.
+    # The relay's agent, not the hook, keeps the settings: they stay right.
     before = now()
     release.core.patch_namespaced_service(pod, app.namespace, {"metadata": {"labels": {
         "app.kubernetes.io/name": "edited-by-hand"}}})

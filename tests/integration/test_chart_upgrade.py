@@ -3,11 +3,13 @@ tailnet addresses), the relay settings in effect, and the LAN device relaying th
 
 The previous version is packaged from git: the newest commit whose chart/Chart.yaml has another version than the
 working tree's (its release, had it been tagged). It is installed with its own defaults plus the test cluster's
-settings, written in its own values (it has no tailscale.logUpload: its relays are kept offline with
-TS_NO_LOGS_NO_SUPPORT instead), then upgraded to the working tree with the current chart's values.
+settings, written in its own values (0.3.0 has no agent: its relay-settings sidecar and hook ran hook.image, a shell
+with kubectl and curl, which the tests' toolbox image is), then upgraded to the working tree with the current
+chart's values.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import tarfile
 
@@ -52,10 +54,12 @@ def previous_package(tmp_path_factory):
 
 
 def previous_cluster_values() -> dict:
-    """The test cluster's values in the previous chart's words: no tailscale.logUpload, the same effect by env."""
+    """The test cluster's values in the previous chart's words: hook.image (a shell, kubectl and curl) for the
+    sidecar and hook it had instead of the agent."""
     values = cluster_values()
-    values["tailscale"] = {k: v for k, v in values["tailscale"].items() if k != "logUpload"}
-    values["extraEnv"] = values["extraEnv"] + [{"name": "TS_NO_LOGS_NO_SUPPORT", "value": "true"}]
+    del values["agent"]
+    repository, tag = os.environ["TOOLBOX_IMAGE"].rsplit(":", 1)
+    values["hook"] = {**values["hook"], "image": {"repository": repository, "tag": tag}}
     return values
 
 

@@ -135,7 +135,7 @@ def test_a_hostname_only_load_balancer_is_resolved_to_the_addresses_the_relay_ad
     # An AWS NLB gives a Service only a hostname. Here no load balancer serves the Service (a class nobody serves),
     # and its status gets a hostname the cluster's DNS resolves: the API server's Service name.
     hostname = "kubernetes.default.svc.cluster.local"
-    cluster_ips = release.core.read_namespaced_service("kubernetes", "default").spec.cluster_i_ps
+    cluster_ips = release.core.read_namespaced_service("kubernetes", "default").spec.cluster_ips
     values = {"relay": {"port": PORT}, "service": {"loadBalancerClass": "example.com/nobody-serves-this"}}
     installing = threading.Thread(target=release.install, args=(values,), kwargs={"wait": False})
     installing.start()
