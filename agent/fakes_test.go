@@ -166,16 +166,13 @@ func (f *fakeTailscaled) relogin() {
 	f.notifyLocked(ipn.Notify{State: ptr(ipn.Running), Prefs: ptr(f.prefs.View())})
 }
 
-// restart: tailscaled goes away (its watchers' streams end) for a moment.
+// setDown: tailscaled goes away (its watchers' streams end), as while containerboot restarts it.
 func (f *fakeTailscaled) setDown(down bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.down = down
 	if down {
-		for _, ch := range f.watchers {
-			close(ch)
-		}
-		f.watchers = nil
+		endStreams(&f.watchers)
 	}
 }
 
@@ -264,11 +261,16 @@ func (f *fakeAPIServer) setBroken(broken bool) {
 	defer f.mu.Unlock()
 	f.broken = broken
 	if broken {
-		for _, ch := range f.watches {
-			close(ch)
-		}
-		f.watches = nil
+		endStreams(&f.watches)
 	}
+}
+
+// endStreams ends every open stream (IPN bus watchers, API watches) as a restarting server does.
+func endStreams[T any](streams *[]chan T) {
+	for _, ch := range *streams {
+		close(ch)
+	}
+	*streams = nil
 }
 
 func (f *fakeAPIServer) eventReasons() []string {
