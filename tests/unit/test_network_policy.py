@@ -2,7 +2,7 @@
 and test pods take nothing and reach only DNS and the API server."""
 import pytest
 
-from chart_render import FULLNAME, RenderError, find, one, render
+from support.render import FULLNAME, RenderError, find, one, render
 
 ON = {"networkPolicy": {"enabled": True}}
 SELECTOR = {"app.kubernetes.io/name": "tailscale-peer-relay", "app.kubernetes.io/instance": "relay"}
@@ -26,11 +26,11 @@ def test_relay_and_health_sources_are_the_users():
     lan = [{"ipBlock": {"cidr": "192.168.1.0/24"}}]
     prometheus = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     values = {"networkPolicy": {"enabled": True, "relayFrom": lan, "healthFrom": prometheus},
-              "health": {"port": 9100}}
+              "health": {"port": 9100}, "agent": {"port": 9200}}
     ingress = one(render(values), "NetworkPolicy", FULLNAME)["spec"]["ingress"]
     assert ingress == [
         {"ports": [{"protocol": "UDP", "port": 40000}], "from": lan},
-        {"ports": [{"protocol": "TCP", "port": 9100}], "from": prometheus},
+        {"ports": [{"protocol": "TCP", "port": 9100}, {"protocol": "TCP", "port": 9200}], "from": prometheus},
     ]
 
 
