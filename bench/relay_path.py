@@ -23,20 +23,19 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
+from kubernetes import client, config
 
-from kubernetes import client, config  # noqa: E402
-
-from chart_render import versions  # noqa: E402
-from relay_release import Release  # noqa: E402
-from tailnet import Pong, Tailnet  # noqa: E402
+# the test support package, installed into .venv by scripts/setup (an editable install of this repository)
+from support.cluster import cluster_values, on_cluster
+from support.release import Release
+from support.repo import REPO, versions
+from support.tailnet import Pong, Tailnet
 
 NAMESPACE = "relay-bench"
-PORT = 61441
-SEED = {"relay": {"port": PORT}, "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}}
+# the write-up's setup (chart/ci/seed-values.yaml) as the test cluster installs it
+SEED = on_cluster("seed")
+PORT = SEED["relay"]["port"]
 NODE = f"{os.environ.get('KIND_CLUSTER_NAME', versions()['CLUSTER_NAME'])}-control-plane"
 
 
@@ -160,8 +159,6 @@ def node_sysctl(values: dict[str, str]) -> dict[str, str]:
 
 def throughput_matrix(net: Tailnet, relay: Release, workload_ip: str, workload_pid: int, seconds: int,
                       direct_mbit: float) -> list[dict]:
-    from relay_release import cluster_values
-
     rows = []
     for mode, values, what in throughput_modes(cluster_values()["extraEnv"]):
         log(f"throughput mode {mode}: {what}")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from chart_render import HELM, HELM3, TOOLS
+from support.repo import HELM, HELM3, TOOLS
 
 
 def pytest_sessionstart(session):

@@ -66,6 +66,11 @@ Fullname: the prefix of every resource name. Kept to 50 characters so that
 {{- printf "%s-hook" (include "relay.fullname" .) }}
 {{- end }}
 
+{{/* Name of the helm test Pod. */}}
+{{- define "relay.testName" -}}
+{{- printf "%s-test" (include "relay.fullname" .) }}
+{{- end }}
+
 {{- define "relay.authSecretName" -}}
 {{- printf "%s-auth" (include "relay.fullname" .) }}
 {{- end }}
@@ -293,4 +298,22 @@ tailscale-peer-relay.chart/replica-count
 {{/* The control server the relay logs in to: the agent asks it whether it answers before it logs a relay out. */}}
 {{- define "relay.loginServer" -}}
 {{- default "https://controlplane.tailscale.com" .Values.tailscale.loginServer }}
+{{- end }}
+
+{{/*
+A container securityContext as root (kernel networking: tailscale.userspace=false), otherwise locked down: no
+privilege escalation, read-only root, every capability dropped except the list given (e.g. list "NET_ADMIN").
+*/}}
+{{- define "relay.rootSecurityContext" -}}
+runAsUser: 0
+runAsNonRoot: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+  {{- with . }}
+  add: {{ toJson . }}
+  {{- end }}
+seccompProfile:
+  type: RuntimeDefault
 {{- end }}

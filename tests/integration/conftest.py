@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from chart_render import CHART_NAME, REPO, TOOLS
-from relay_release import unavailable
-from release_keys import gpg_key, run_release
+from support.cluster import unavailable
+from support.wait import wait_for
+from support.release_keys import gpg_key, run_release
+from support.repo import CHART_NAME, REPO, TOOLS
 
 COSIGN_PASSWORD = "throw-away"
 
@@ -85,8 +86,8 @@ def keep_namespace_evidence(core, namespace: str, test_id: str) -> Path:
 
 @pytest.fixture
 def namespace(request, core):
-    """A fresh namespace, deleted (without waiting) after the test; when the test failed, its pods' logs and the
-    namespace's events are kept first (keep_namespace_evidence)."""
+    """A fresh namespace, deleted after the test and waited for, so the next test finds nothing of this one; when the
+    test failed, its pods' logs and the namespace's events are kept first (keep_namespace_evidence)."""
     from kubernetes import client
 
     name = f"it-{uuid.uuid4().hex[:8]}"
@@ -100,21 +101,25 @@ def namespace(request, core):
         except Exception as error:  # keeping evidence must not hide the failure itself
             print(f"\ncould not keep the evidence of namespace {name}: {error}")
     core.delete_namespace(name, propagation_policy="Background")
+    wait_for(lambda: core.list_namespace(field_selector=f"metadata.name={name}").items, f"namespace {name} to be deleted",
+             300, until=lambda left: not left,
+             explain=lambda: "\n".join(f"left in it: {p.metadata.name} {p.status.phase}"
+                                       for p in core.list_namespaced_pod(name).items))
 
 
 @pytest.fixture
 def release(kube_api, namespace):
-    """The chart's release helper for this test's namespace (tests/integration/relay_release.py)."""
-    from relay_release import Release
+    """The chart's release helper for this test's namespace (tests/support/release.py)."""
+    from support.release import Release
 
     return Release(kube_api, namespace)
 
 
 @pytest.fixture
 def tailnet(kube_api, core):
-    """The tailnet in a box (tests/integration/tailnet.py) with the LAN device's firewall closed; waits until no relay
+    """The tailnet in a box (tests/support/tailnet.py) with the LAN device's firewall closed; waits until no relay
     of an earlier test is left, then has Headscale forget the offline ones."""
-    from tailnet import Tailnet, forget_offline_relays, wait_for_no_relays
+    from support.tailnet import Tailnet, forget_offline_relays, wait_for_no_relays
 
     net = Tailnet()
     net.firewall("closed")

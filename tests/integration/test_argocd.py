@@ -11,8 +11,10 @@ import os
 import pytest
 from kubernetes import client
 
-from custom_object import CustomObject
-from relay_release import Release, cluster_values, wait_until
+from support.cluster import cluster_values
+from support.custom_object import CustomObject
+from support.release import Release
+from support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +67,7 @@ class ArgoApp:
             status = self.status()
             summary = {k: status.get(k) for k in ("sync", "health", "conditions", "operationState")}
             return f"Application status: {summary}\n{self.release.describe()}"
-        wait_until(check, what, timeout, explain)
+        wait_for(check, what, timeout, interval=3, explain=explain)
 
     def synced_and_healthy(self) -> bool:
         status = self.status()
@@ -129,7 +131,7 @@ def test_argocd_syncs_the_chart_runs_the_hook_and_keeps_the_relay_through_refres
         client.BatchV1Api(release.core.api_client).read_namespaced_job(hook["name"], app.namespace)
     assert gone.value.status == 404, "the succeeded hook Job should be deleted (hook-succeeded)"
     pods = [p.metadata.name for p in release.core.list_namespaced_pod(app.namespace).items]
-    assert f"{release.fullname}-test" not in pods, "Argo CD never creates the helm test Pod"
+    assert release.names.test_pod not in pods, "Argo CD never creates the helm test Pod"
 
     identity, state = release.node_identity(pod), release.state_identities()
     assert state and all(all(keys) for keys in state.values()), "tailscaled should have written its identity"

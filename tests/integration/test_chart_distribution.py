@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from chart_render import CHART_NAME, HELM, HELM3, REPO, TOOLS
-from relay_release import Release
-from release_keys import tampered_copy
+from support.release import Release
+from support.release_keys import tampered_copy
+from support.repo import CHART_NAME, HELM, HELM3, REPO, TOOLS
 
 pytestmark = pytest.mark.integration
 

@@ -3,6 +3,7 @@ import time
 
 import pytest
 
+from support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +40,10 @@ def test_with_helm_wait_a_bad_auth_key_is_named_by_the_relays_termination_messag
     result = release.install(values, check=False, wait=True, timeout="90s")
     assert result.returncode != 0, "install --wait must fail when the relay cannot log in"
     assert release.status()["info"]["status"] == "failed"
-    deadline = time.monotonic() + 60
-    message = ""
-    while time.monotonic() < deadline and not message:
-        pod = release.core.read_namespaced_pod(release.pod(0), release.namespace)
-        relay = next(s for s in pod.status.container_statuses or [] if s.name == "tailscale")
+    def termination_message() -> str:
+        relay = release.container_status(release.pod(0), "tailscale")
         terminated = (relay.last_state and relay.last_state.terminated) or (relay.state and relay.state.terminated)
-        message = (terminated.message or "") if terminated else ""
-        time.sleep(2)
+        return (terminated.message or "") if terminated else ""
+    message = wait_for(termination_message, "the relay container's termination message", 60, tolerate=(StopIteration, TypeError))
     # `kubectl describe pod` shows it as Last State: Terminated … Message: (README "When the install fails").
     assert "key" in message.lower(), f"the relay container's termination message should name the key problem: {message!r}"

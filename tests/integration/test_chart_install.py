@@ -3,25 +3,25 @@ import datetime
 
 import pytest
 
+from support.cluster import on_cluster
 
 pytestmark = pytest.mark.integration
 
-SEED = {
-    "relay": {"port": 61441},
-    "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6", "IPv4"]},
-}
+# the write-up's setup (chart/ci/seed-values.yaml) on the test cluster
+SEED = on_cluster("seed")
+PORT = SEED["relay"]["port"]
 
 
 def test_seed_setup_is_configured_by_one_install(release):
     release.install(SEED)
     pod = release.pod(0)
-    expected = release.service_endpoints(0, 61441)
+    expected = release.service_endpoints(0, PORT)
     families = {"v6" if e.startswith("[") else "v4" for e in expected}
     assert families == {"v4", "v6"}, f"the RequireDualStack Service should have an IPv4 and an IPv6 address: {expected}"
     port, endpoints = release.relay_settings(pod)
-    assert port == "61441"
+    assert port == str(PORT)
     assert endpoints == expected, "the relay advertises exactly the Service's addresses with the relay port"
-    assert 61441 in release.udp_ports_bound(pod), "the relay's UDP port is not bound inside the pod"
+    assert PORT in release.udp_ports_bound(pod), "the relay's UDP port is not bound inside the pod"
     release.test()
 
 

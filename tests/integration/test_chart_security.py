@@ -32,17 +32,18 @@ def can(api, namespace, service_account, verb, resource, name, subresource=None)
 
 def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
     release.install()
-    ns, relay_sa, hook_sa = release.namespace, release.fullname, f"{release.fullname}-hook"
+    names = release.names
+    ns, relay_sa, hook_sa = release.namespace, names.relay_account, names.hook_account
     release.core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="unrelated")))
     release.core.create_namespaced_pod(ns, client.V1Pod(
         metadata=client.V1ObjectMeta(name="unrelated"),
         spec=client.V1PodSpec(containers=[client.V1Container(name="c", image=os.environ["TOOLBOX_IMAGE"],
                                                               command=["sleep", "600"])])))
 
-    assert can(kube_api, ns, relay_sa, "get", "secrets", f"{release.fullname}-state-0")
-    assert can(kube_api, ns, relay_sa, "update", "secrets", f"{release.fullname}-state-0")
+    assert can(kube_api, ns, relay_sa, "get", "secrets", names.state_secret(0))
+    assert can(kube_api, ns, relay_sa, "update", "secrets", names.state_secret(0))
     assert not can(kube_api, ns, relay_sa, "get", "secrets", "unrelated"), "the relay can read another Secret"
-    assert not can(kube_api, ns, relay_sa, "get", "secrets", f"{release.fullname}-auth")
+    assert not can(kube_api, ns, relay_sa, "get", "secrets", names.auth_secret)
     assert not can(kube_api, ns, relay_sa, "create", "secrets", "anything")
     policies = client.AdmissionregistrationV1Api(kube_api).list_validating_admission_policy().items
     assert not [p.metadata.name for p in policies if p.metadata.name.endswith(f".{ns}.state-secrets")], \
@@ -69,7 +70,7 @@ def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
     assert can(kube_api, ns, hook_sa, "get", "configmaps", status)
     assert not can(kube_api, ns, hook_sa, "patch", "configmaps", status)
     assert not can(kube_api, ns, hook_sa, "get", "configmaps", "unrelated")
-    assert not can(kube_api, ns, hook_sa, "get", "secrets", f"{release.fullname}-auth")
+    assert not can(kube_api, ns, hook_sa, "get", "secrets", names.auth_secret)
     assert not can(kube_api, ns, hook_sa, "list", "pods", None)
 
 
@@ -89,14 +90,14 @@ def forbidden_because(create) -> str:
 
 def test_a_relay_that_may_recreate_its_state_secret_may_create_nothing_else(release, kube_api):
     release.install({"rbac": {"relayRecreatesStateSecrets": True}})
-    ns, state = release.namespace, f"{release.fullname}-state-0"
-    relay = as_service_account(kube_api, ns, release.fullname)
+    ns, state = release.namespace, release.names.state_secret(0)
+    relay = as_service_account(kube_api, ns, release.names.relay_account)
 
     def secret(name, **fields):
         return client.V1Secret(metadata=client.V1ObjectMeta(name=name, **fields.pop("metadata", {})), **fields)
 
     # RBAC grants "create" on every Secret name; the chart's ValidatingAdmissionPolicy narrows it.
-    assert can(kube_api, ns, release.fullname, "create", "secrets", "anything")
+    assert can(kube_api, ns, release.names.relay_account, "create", "secrets", "anything")
     why = forbidden_because(lambda: relay.create_namespaced_secret(ns, secret("anything")))
     assert "may create only its own state Secrets" in why and state in why, why
     release.core.delete_namespaced_secret(state, ns)

@@ -25,8 +25,8 @@ def test_uninstall_keeps_only_the_state_secrets(release, namespace):
         ("RoleBinding", rbac.list_namespaced_role_binding(namespace, label_selector=selector).items),
     ]:
         left += [f"{kind}/{item.metadata.name}" for item in items]
-    assert sorted(left) == [f"Secret/{release.fullname}-state-0", f"Secret/{release.fullname}-state-1"]
-    state = core.read_namespaced_secret(f"{release.fullname}-state-0", namespace)
+    assert sorted(left) == [f"Secret/{release.names.state_secret(0)}", f"Secret/{release.names.state_secret(1)}"]
+    state = core.read_namespaced_secret(release.names.state_secret(0), namespace)
     assert state.data, "the kept state Secret holds the node's identity"
     # The README's removal command removes them.
     core.delete_collection_namespaced_secret(

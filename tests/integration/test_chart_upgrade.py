@@ -16,14 +16,16 @@ import tarfile
 import pytest
 import yaml
 
-from chart_render import CHART, HELM, REPO
-from relay_release import Release, cluster_values
-from tailnet import relay_side, relayed
+from support.cluster import cluster_values, on_cluster
+from support.release import Release
+from support.repo import CHART, CHART_NAME, HELM, REPO
+from support.tailnet import relay_side, relayed
 
 pytestmark = pytest.mark.integration
 
-PORT = 61441
-SEED = {"relay": {"port": PORT}, "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}}
+# the write-up's setup (chart/ci/seed-values.yaml) on the test cluster, which 0.3.0 takes as well
+SEED = on_cluster("seed")
+PORT = SEED["relay"]["port"]
 
 
 def previous_version_commit() -> tuple[str, str]:
@@ -50,7 +52,7 @@ def previous_package(tmp_path_factory):
     result = subprocess.run([HELM, "package", str(out / "chart"), "--destination", str(out)], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
-    return out / f"tailscale-peer-relay-{version}.tgz", version
+    return out / f"{CHART_NAME}-{version}.tgz", version
 
 
 def previous_cluster_values() -> dict:

@@ -4,9 +4,10 @@ dual-stack LoadBalancer Services (MetalLB, deployed by scripts/images/deploy).""
 from __future__ import annotations
 
 import ipaddress
-import time
 
 import pytest
+
+from support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,15 +74,7 @@ def test_dual_stack_loadbalancer_gets_both_families(core, namespace):
     created = core.create_namespaced_service(namespace, svc)
     assert families(created.spec.cluster_ips) == {4, 6}, f"clusterIPs: {created.spec.cluster_ips}"
 
-    deadline = time.monotonic() + 120
-    ingress = []
-    while time.monotonic() < deadline:
-        status = core.read_namespaced_service("dual-lb", namespace).status
-        ingress = [i.ip for i in (status.load_balancer.ingress or []) if i.ip]
-        if families(ingress) == {4, 6}:
-            break
-        time.sleep(2)
-    assert families(ingress) == {4, 6}, (
-        f"LoadBalancer Service did not get an IPv4 and an IPv6 address within 120s "
-        f"(got {ingress or 'none'}); is MetalLB deployed (scripts/images/deploy)?"
-    )
+    wait_for(lambda: [i.ip for i in (core.read_namespaced_service("dual-lb", namespace).status.load_balancer.ingress
+                                     or []) if i.ip],
+             "the LoadBalancer Service to get an IPv4 and an IPv6 address (is MetalLB deployed? scripts/images/deploy)",
+             120, until=lambda ingress: families(ingress) == {4, 6})

@@ -8,9 +8,11 @@ import time
 import pytest
 from kubernetes import client
 
-from chart_render import deep_merge
-from custom_object import CustomObject
-from relay_release import Release, cluster_values, wait_until
+from support.cluster import cluster_values
+from support.custom_object import CustomObject
+from support.release import Release
+from support.values import deep_merge
+from support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +83,8 @@ class Flux:
         return self.helmrelease.condition(kind)
 
     def wait(self, check, what: str, timeout: int = 300):
-        wait_until(check, what, timeout, lambda: f"HelmRelease status: {self.status()}\n{self.release.describe()}")
+        wait_for(check, what, timeout, interval=3,
+                 explain=lambda: f"HelmRelease status: {self.status()}\n{self.release.describe()}")
 
     def wait_ready(self, revision: int):
         """Ready, with Helm release revision REVISION the latest in Flux's history."""
@@ -173,10 +176,9 @@ def test_a_failing_upgrade_is_rolled_back_by_flux_and_the_relay_keeps_its_settin
     assert history[0]["status"] == "deployed" and history[0]["version"] > 2, \
         f"the newest release should be the rollback: {[(h['version'], h['status']) for h in history]}"
     # the rollback restored the old values: port and endpoints as before the upgrade
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and release.relay_settings(pod) != (str(PORT), release.service_endpoints(0, PORT)):
-        time.sleep(3)
-    assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT)), \
-        "after Flux's rollback the relay should be back on the old port and its Service's addresses"
+    wait_for(lambda: (release.relay_settings(pod), release.service_endpoints(0, PORT)),
+             "the relay to be back on the old port and its Service's addresses after Flux's rollback (seen: its port "
+             "and endpoints, the Service's endpoints)", 120, interval=3,
+             until=lambda seen: seen[0] == (str(PORT), seen[1]))
     service = release.core.read_namespaced_service(pod, release.namespace)
     assert "metallb.io/loadBalancerIPs" not in (service.metadata.annotations or {})

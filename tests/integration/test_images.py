@@ -13,15 +13,18 @@ import os
 import re
 import shlex
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from support.render import chart_names
+from support.wait import wait_for
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SOCKET = "/tmp/tailscaled.sock"
+# the LocalAPI socket where the chart's relay has it
+SOCKET = chart_names().socket
 
 
 @pytest.fixture(scope="module")
@@ -73,20 +76,6 @@ def _pod(kube, name, container, sa=None, restart="Never"):
             volumes=[kube.V1Volume(name="tmp", empty_dir=kube.V1EmptyDirVolumeSource())],
         ),
     )
-
-
-def _wait(what, fn, timeout=180, every=2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            got = fn()
-        except Exception as e:  # noqa: BLE001 - retried until the deadline
-            got, last = None, e
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
 
 
 def _exec(kube, ns, pod, cmd):
@@ -143,10 +132,8 @@ def test_relay_image_logs_in_and_takes_relay_settings(kube, settings, namespace)
         rc, out, _ = _exec(kube, namespace, "relay", ["tailscale", f"--socket={SOCKET}", "ip", "-4"])
         return out.strip() if rc == 0 and out.strip() else None
 
-    try:
-        ip = _wait("a tailnet IPv4 address", tailnet_ip, timeout=180)
-    except AssertionError as e:
-        raise AssertionError(f"{e}\nrelay logs:\n{_logs(kube, namespace, 'relay')}") from None
+    ip = wait_for(tailnet_ip, "a tailnet IPv4 address", 180, tolerate=(Exception,),
+                  explain=lambda: f"relay logs:\n{_logs(kube, namespace, 'relay')}")
     assert ipaddress.ip_address(ip) in ipaddress.ip_network("100.64.0.0/10"), ip
 
     rc, out, err = _exec(kube, namespace, "relay", [
@@ -176,8 +163,7 @@ def test_toolbox_image_has_shell_tools_and_kubectl(kube, settings, namespace):
         kube, name="hook", image=settings["TOOLBOX_IMAGE"], command=["/bin/sh", "-c", script],
     )
     core.create_namespaced_pod(namespace, _pod(kube, "hook", container))
-    phase = _wait("the hook pod to finish",
-                  lambda: core.read_namespaced_pod("hook", namespace).status.phase in ("Succeeded", "Failed")
-                  and core.read_namespaced_pod("hook", namespace).status.phase, timeout=120)
+    phase = wait_for(lambda: core.read_namespaced_pod("hook", namespace).status.phase,
+                     "the hook pod to finish (seen: its phase)", 120, until=lambda p: p in ("Succeeded", "Failed"))
     logs = _logs(kube, namespace, "hook")
     assert phase == "Succeeded" and "toolbox-ok" in logs, logs

@@ -13,9 +13,11 @@ import re
 
 import pytest
 
-from chart_render import CHART, deep_merge, one, render
-from relay_release import cluster_values
-from tailnet import relay_side, relayed
+from support.cluster import cluster_values
+from support.render import one, render
+from support.repo import CHART
+from support.tailnet import relay_side, relayed
+from support.values import deep_merge
 
 pytestmark = pytest.mark.integration
 

@@ -14,14 +14,17 @@ import pytest
 import yaml
 from kubernetes import client, utils
 
-from chart_render import REPO, TOOLS, deep_merge
-from relay_release import cluster_values, wait_until
-from tailnet import relay_side, relayed
+from support.cluster import cluster_values
+from support.repo import REPO, TOOLS
+from support.tailnet import relay_side, relayed
+from support.values import ci_values, deep_merge
+from support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
 HANDMADE = REPO / "tests" / "integration" / "handmade-relay.yaml"
-PORT = 61441
+# the write-up's relay port (chart/ci/seed-values.yaml; handmade-relay.yaml is the write-up's manifests)
+PORT = ci_values("seed")["relay"]["port"]
 OLD = "tailscale-peer-relay"  # the write-up's names: Deployment, Service, state Secret (with -state)
 
 
@@ -67,9 +70,9 @@ def test_the_write_ups_relay_moves_to_the_chart_as_the_same_node(kube_api, core,
             return json.loads(release.tailscale(pod.metadata.name, "status", "--json"))["BackendState"] == "Running"
         except Exception:  # tailscaled not up yet
             return False
-    wait_until(logged_in, "the write-up's relay to log in", 180, lambda: release.describe())
-    wait_until(lambda: len(release.service_addresses(OLD)) == 2, "two LoadBalancer addresses on its Service",
-               120, lambda: str(core.read_namespaced_service(OLD, namespace).status))
+    wait_for(logged_in, "the write-up's relay to log in", 180, interval=3, explain=release.describe)
+    wait_for(lambda: release.service_addresses(OLD), "two LoadBalancer addresses on its Service", 120, interval=3,
+             until=lambda addresses: len(addresses) == 2)
     addresses = release.service_addresses(OLD)
     endpoints = release.service_endpoints(0, PORT, service=OLD)
     pod = old_pod(core, namespace).metadata.name
@@ -81,8 +84,8 @@ def test_the_write_ups_relay_moves_to_the_chart_as_the_same_node(kube_api, core,
     # --- the migration, as the README says -----------------------------------------------------------------------
     apps = client.AppsV1Api(kube_api)
     apps.patch_namespaced_deployment_scale(OLD, namespace, {"spec": {"replicas": 0}})
-    wait_until(lambda: old_pod(core, namespace) is None and not core.list_namespaced_pod(
-        namespace, label_selector=f"app={OLD}").items, "the old relay pod to be gone", 120, release.describe)
+    wait_for(lambda: [p.metadata.name for p in core.list_namespaced_pod(namespace, label_selector=f"app={OLD}").items],
+             "the old relay pod to be gone (seen: its pods)", 120, interval=3, until=lambda pods: not pods)
     # the old Service gives its addresses back, for the chart's Service to take
     core.delete_namespaced_service(OLD, namespace)
     values = {"relay": {"port": PORT}, "tailscale": {"hostname": "k8s-peer-relay"},
@@ -107,9 +110,9 @@ def test_the_write_ups_relay_moves_to_the_chart_as_the_same_node(kube_api, core,
 
 def test_migrate_state_refuses_while_the_old_relay_runs(kube_api, core, namespace, release):
     apply_handmade(kube_api, namespace)
-    wait_until(lambda: old_pod(core, namespace) is not None, "the write-up's relay pod", 120, release.describe)
+    wait_for(lambda: old_pod(core, namespace), "the write-up's relay pod", 120, interval=3, explain=release.describe)
     result = migrate_state(namespace, release.name, "--set", "auth.authKey=x")
     assert result.returncode != 0 and "still use Secret" in result.stderr, \
         f"two relays with one node key must be refused:\n{result.stderr}"
     # it refused before it wrote anything
-    assert not [s for s in core.list_namespaced_secret(namespace).items if s.metadata.name.endswith("-state-0")]
+    assert not [s for s in core.list_namespaced_secret(namespace).items if release.names.is_state_secret(s.metadata.name)]

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tailnet import Tailnet
+from support.tailnet import Tailnet
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,16 @@ from urllib.parse import urlparse
 import pytest
 from kubernetes import client
 
-from relay_release import wait_until
-from tailnet import headscale
+from support.cluster import on_cluster
+from support.tailnet import headscale
+from support.values import endpoint
+from support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
-PORT = 61441
-SEED = {"relay": {"port": PORT}, "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}}
+# the write-up's setup (chart/ci/seed-values.yaml) on the test cluster
+SEED = on_cluster("seed")
+PORT = SEED["relay"]["port"]
 # The agent acts on a change at once (it watches its Service and tailscaled); a re-login adds a container restart
 # and a login.
 WITHIN = 120
@@ -29,19 +32,16 @@ RELOGIN_AFTER = 20
 def eventually_advertises(release, index: int, timeout: int = WITHIN) -> tuple[str, set[str]]:
     """Waits until replica INDEX advertises RELAY port and exactly its Service's current addresses; returns them."""
     pod = release.pod(index)
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
-        try:
-            wanted = release.service_endpoints(index, PORT)
-            seen = release.relay_settings(pod)
-            if wanted and seen == (str(PORT), wanted):
-                return seen
-        except Exception as error:  # the relay container restarting, the Service changing
-            seen = repr(error)
-        time.sleep(3)
-    pytest.fail(f"{pod} did not come back to port {PORT} and endpoints {release.service_endpoints(index, PORT)} "
-                f"within {timeout}s; last seen: {seen}\n{release.agent_log(pod)}\n{release.describe()}")
+
+    def observe():
+        wanted = release.service_endpoints(index, PORT)
+        return wanted, release.relay_settings(pod)
+    # the relay container restarting, the Service changing: errors until they settle
+    _, seen = wait_for(observe, f"{pod} to advertise port {PORT} and exactly its Service's addresses "
+                                "(seen: the Service's endpoints, then the relay's port and endpoints)", timeout,
+                       interval=3, until=lambda got: got[0] and got[1] == (str(PORT), got[0]), tolerate=(Exception,),
+                       explain=lambda: f"{release.agent_log(pod)}\n{release.describe()}")
+    return seen
 
 
 def delete_node(release, pod: str) -> tuple[str, int]:
@@ -54,11 +54,11 @@ def delete_node(release, pod: str) -> tuple[str, int]:
 
 def wait_registered_again(release, node_key: str, old_id: int, timeout: int = WITHIN) -> None:
     """Waits until Headscale has the relay again as a new node (tailscaled keeps its node key when it logs in)."""
-    def again():
-        nodes = [n for n in json.loads(headscale("nodes", "list", "-o", "json")) if n["node_key"] == node_key]
-        return bool(nodes) and nodes[0]["id"] != old_id
-    wait_until(again, "the relay to register again as a new node after its node was deleted", timeout,
-               lambda: f"{release.agent_log(release.pod(0))}\n{release.describe()}")
+    def ids():
+        return [n["id"] for n in json.loads(headscale("nodes", "list", "-o", "json")) if n["node_key"] == node_key]
+    wait_for(ids, f"the relay to register again as a new node after its node {old_id} was deleted (seen: the ids of "
+                  "Headscale's nodes with its key)", timeout, interval=3, until=lambda found: found and found[0] != old_id,
+             explain=lambda: f"{release.agent_log(release.pod(0))}\n{release.describe()}")
 
 
 def test_a_relogin_after_only_the_tailscale_container_restarted_is_repaired_by_the_running_agent(release):
@@ -105,17 +105,16 @@ def test_through_an_api_server_outage_the_relay_stays_ready_and_relaying(release
     pod = release.pod(0)
     eventually_advertises(release, 0)
     rbac = client.RbacAuthorizationV1Api(release.core.api_client)
-    binding = rbac.read_namespaced_role_binding(release.fullname, release.namespace)
+    binding = rbac.read_namespaced_role_binding(release.names.relay_binding, release.namespace)
     # What the relay's agent sees when the API server is down or refuses it: every call fails (403 here).
-    rbac.delete_namespaced_role_binding(release.fullname, release.namespace)
+    rbac.delete_namespaced_role_binding(release.names.relay_binding, release.namespace)
     try:
-        wait_until(lambda: release.agent_live_status(pod).get("apiServer"),
-                   "the agent to notice the API server refuses it (its watch ends after a minute)", 150,
-                   lambda: release.agent_log(pod))
+        wait_for(lambda: release.agent_live_status(pod),
+                 "the agent to notice the API server refuses it (its watch ends after a minute; seen: its /status)", 150,
+                 interval=3, until=lambda live: live.get("apiServer"), explain=lambda: release.agent_log(pod))
         for _ in range(20):  # a minute: several failed watches and retries
-            found = release.core.read_namespaced_pod(pod, release.namespace)
-            ready = {c.type: c.status for c in found.status.conditions}["Ready"]
-            assert ready == "True", f"{pod} went NotReady while only the API server failed it\n{release.agent_log(pod)}"
+            ready, _ = release.pod_condition(pod)
+            assert ready == "Ready", f"{pod} went {ready} while only the API server failed it\n{release.agent_log(pod)}"
             time.sleep(3)
         assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT))
         live = release.agent_live_status(pod)
@@ -123,9 +122,9 @@ def test_through_an_api_server_outage_the_relay_stays_ready_and_relaying(release
     finally:
         binding.metadata = client.V1ObjectMeta(name=binding.metadata.name, labels=binding.metadata.labels)
         rbac.create_namespaced_role_binding(release.namespace, binding)
-    wait_until(lambda: not release.agent_status(0).get("apiServer") and "APIServerReachable" in
-               [r for r, _ in release.agent_events(pod)], "the agent to report the API server back", 90,
-               lambda: f"{release.agent_status(0)}\n{release.agent_events(pod)}")
+    wait_for(lambda: (release.agent_status(0).get("apiServer"), [r for r, _ in release.agent_events(pod)]),
+             "the agent to report the API server back (seen: its status's apiServer problem, its Events)", 90,
+             interval=3, until=lambda seen: not seen[0] and "APIServerReachable" in seen[1])
     reasons = [r for r, _ in release.agent_events(pod)]
     assert "APIServerUnreachable" in reasons, f"the outage should be on the pod's Events once it is over: {reasons}"
     assert "NotRelaying" not in reasons, reasons
@@ -140,19 +139,13 @@ def test_a_hostname_only_load_balancer_is_resolved_to_the_addresses_the_relay_ad
     installing = threading.Thread(target=release.install, args=(values,), kwargs={"wait": False})
     installing.start()
 
-    def give_hostname():
-        try:
-            release.core.patch_namespaced_service_status(release.pod(0), release.namespace, {
-                "status": {"loadBalancer": {"ingress": [{"hostname": hostname}]}}})
-            return True
-        except client.ApiException as error:
-            if error.status == 404:
-                return False
-            raise
-    wait_until(give_hostname, f"Service {release.pod(0)} to exist", 60, release.describe)
+    wait_for(lambda: release.core.patch_namespaced_service_status(release.pod(0), release.namespace, {
+        "status": {"loadBalancer": {"ingress": [{"hostname": hostname}]}}}),
+        f"Service {release.pod(0)} to exist, to give it a hostname", 60, tolerate=(client.ApiException,),
+        explain=release.describe)
     installing.join(timeout=300)
     assert not installing.is_alive(), "helm install (its hook) did not finish"
-    wanted = {f"[{ip}]:{PORT}" if ":" in ip else f"{ip}:{PORT}" for ip in cluster_ips}
+    wanted = {endpoint(ip, PORT) for ip in cluster_ips}
     assert release.relay_settings(release.pod(0)) == (str(PORT), wanted), release.agent_status(0)
     assert release.agent_status(0)["ready"], release.agent_status(0)
 
@@ -166,11 +159,8 @@ def test_a_new_load_balancer_address_is_advertised(release):
     new = {ip: next_free(release, ip) for ip in old}
     release.core.patch_namespaced_service(release.pod(0), release.namespace, {"metadata": {"annotations": {
         "metallb.io/loadBalancerIPs": ",".join(new.values())}}})
-    deadline = time.monotonic() + 60
-    while release.service_endpoints(0, PORT) == {f"[{ip}]:{PORT}" if ":" in ip else f"{ip}:{PORT}" for ip in old}:
-        if time.monotonic() > deadline:
-            pytest.fail(f"MetalLB did not move the Service to {sorted(new.values())} within 60s")
-        time.sleep(2)
+    wait_for(lambda: release.service_addresses(release.pod(0)),
+             f"MetalLB to move the Service to {sorted(new.values())}", 60, until=lambda seen: set(seen) == set(new.values()))
     _, endpoints = eventually_advertises(release, 0)
     assert {e.rsplit(":", 1)[0].strip("[]") for e in endpoints} == set(new.values()), endpoints
 
@@ -195,9 +185,7 @@ def test_a_deleted_relay_pod_comes_back_relaying_without_the_hook(release):
     eventually_advertises(release, 0)
     old_uid = release.core.read_namespaced_pod(pod, release.namespace).metadata.uid
     release.core.delete_namespaced_pod(pod, release.namespace)
-    deadline = time.monotonic() + WITHIN
-    while release.wait_pod_ready(pod).metadata.uid == old_uid and time.monotonic() < deadline:
-        time.sleep(2)
+    release.wait_replaced(pod, old_uid, WITHIN)
     eventually_advertises(release, 0)
 
 
@@ -208,19 +196,12 @@ def test_a_relay_pod_stops_without_waiting_out_its_grace_period(release):
     grace = 120
     release.install({**SEED, "terminationGracePeriodSeconds": grace})
     pod = release.pod(0)
-    release.wait_pod_ready(pod)
+    old_uid = release.wait_pod_ready(pod).metadata.uid
     started = time.monotonic()
     release.core.delete_namespaced_pod(pod, release.namespace)
-    old_uid = None
-    while time.monotonic() - started < grace + 30:
-        try:
-            current = release.core.read_namespaced_pod(pod, release.namespace)
-        except Exception:  # gone, not yet recreated
-            break
-        old_uid = old_uid or current.metadata.uid
-        if current.metadata.uid != old_uid:  # the StatefulSet made the next one: the old one is gone
-            break
-        time.sleep(0.5)
+    # gone (absent), or the StatefulSet already made the next one (another uid)
+    wait_for(lambda: release.pod_condition(pod), f"the deleted relay pod {pod} to be gone (seen: its state and uid)",
+             grace + 30, interval=0.5, until=lambda seen: seen[1] != old_uid)
     stopped_in = time.monotonic() - started
     assert stopped_in < grace / 2, (
         f"the relay pod took {stopped_in:.0f}s of its {grace}s grace period to stop: a container ignores SIGTERM\n"
@@ -231,16 +212,14 @@ def test_a_deleted_state_secret_is_written_back_and_the_relay_logs_in_again(rele
     # The opt-in for clusters whose admin accepts the chart's ValidatingAdmissionPolicy (chart default: off).
     values = {**SEED, "rbac": {"relayRecreatesStateSecrets": True}}
     release.install(values)
-    pod, state = release.pod(0), f"{release.fullname}-state-0"
+    pod, state = release.pod(0), release.names.state_secret(0)
     eventually_advertises(release, 0)
     old_key, _ = release.node_identity(pod)
     old_uid = release.core.read_namespaced_pod(pod, release.namespace).metadata.uid
     # Deleted by hand (or by a tool that prunes it), then the pod restarts: tailscaled starts with no state.
     release.core.delete_namespaced_secret(state, release.namespace)
     release.core.delete_namespaced_pod(pod, release.namespace)
-    deadline = time.monotonic() + WITHIN
-    while release.wait_pod_ready(pod).metadata.uid == old_uid and time.monotonic() < deadline:
-        time.sleep(2)
+    release.wait_replaced(pod, old_uid, WITHIN)
     eventually_advertises(release, 0)
     new_key, _ = release.node_identity(pod)
     assert new_key != old_key, "with its state gone the relay should have logged in again as a new node"

@@ -14,13 +14,14 @@ import statistics
 
 import pytest
 
-from tailnet import relay_side, relayed
+from support.cluster import on_cluster
+from support.tailnet import relay_side, relayed
 
 pytestmark = pytest.mark.integration
 
-PORT = 61441
-# The write-up's Service: both families, one relay port (MetalLB assigns the addresses).
-SEED = {"relay": {"port": PORT}, "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}}
+# The write-up's setup (chart/ci/seed-values.yaml): both families, one relay port; MetalLB assigns the addresses.
+SEED = on_cluster("seed")
+PORT = SEED["relay"]["port"]
 # Enough for discovery to find and try the relay (a relay path is set up over DERP, then probed). Pings go one a
 # second and relay path discovery runs every 30 s (magicsock discoverUDPRelayPathsInterval): 180 pings are six
 # rounds. Here it took 2 to 39 pings; one CI run saw none in 120.

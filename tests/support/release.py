@@ -1,69 +1,21 @@
 """Installs the chart into a test namespace with the cluster's images, and reads relays back."""
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import subprocess
 import time
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.stream import stream
 
-from chart_render import CHART, HELM, REPO, deep_merge, run_helm
-
-ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
-REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "AGENT_IMAGE", "TOOLBOX_IMAGE")
-TEST_CLUSTER_VALUES = REPO / "scripts" / "images" / "relay-values.yaml"
-
-
-def cluster_required() -> str | None:
-    """Why this run must have the cluster, or None: REQUIRE_CLUSTER=1 (scripts/test sets it after it brought the
-    cluster up), or CI=true (what every CI system sets: a CI run that skips the integration tests tested nothing)."""
-    if os.environ.get("REQUIRE_CLUSTER") == "1":
-        return "REQUIRE_CLUSTER=1"
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        return f"CI={os.environ['CI']}"
-    return None
-
-
-def unavailable(reason: str):
-    """The cluster or its settings are missing: a skip when someone runs the suite without a cluster, a failure when
-    the run requires one (cluster_required)."""
-    required = cluster_required()
-    if required:
-        pytest.fail(f"{reason} although this run requires the cluster ({required}): {ENV_HINT}")
-    pytest.skip(f"{reason}: {ENV_HINT}")
-
-
-def wait_until(check, what: str, timeout: int, explain) -> None:
-    """Polls CHECK every 3 s until it is true; after TIMEOUT seconds fails with WHAT and what EXPLAIN() returns."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(3)
-    pytest.fail(f"waited {timeout}s for {what}; {explain()}")
-
-
-def cluster_values() -> dict:
-    """Values that point the chart at this cluster's images and control server, over the values every test relay
-    gets (TEST_CLUSTER_VALUES: DERP over HTTP, no log upload)."""
-    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
-    if missing:
-        unavailable(f"{', '.join(missing)} unset")
-    relay_repo, relay_tag = os.environ["RELAY_IMAGE"].rsplit(":", 1)
-    agent_repo, agent_tag = os.environ["AGENT_IMAGE"].rsplit(":", 1)
-    return deep_merge(yaml.safe_load(TEST_CLUSTER_VALUES.read_text()), {
-        "image": {"repository": relay_repo, "tag": relay_tag},
-        "agent": {"image": {"repository": agent_repo, "tag": agent_tag}},
-        "hook": {"timeoutSeconds": 120},
-        "auth": {"authKey": os.environ["AUTHKEY"]},
-        "tailscale": {"loginServer": os.environ["LOGIN_SERVER"]},
-    })
-
+from support.cluster import cluster_values
+from support.helm import run_helm
+from support.render import chart_names
+from support.repo import CHART, HELM
+from support.values import deep_merge, endpoint
+from support.wait import wait_for
 
 class Release:
     """One Helm release of the chart in one namespace. CHART is what helm installs (the chart directory, a package,
@@ -77,7 +29,9 @@ class Release:
         self.batch = client.BatchV1Api(api)
         self.namespace = namespace
         self.name = name
-        self.fullname = f"{name}-tailscale-peer-relay"
+        # the names the chart gives this release's objects, from its render (support.render.ChartNames)
+        self.names = chart_names(name)
+        self.fullname = self.names.fullname
         self.chart = chart
         self.helm_binary = helm_binary
         self.chart_args = chart_args
@@ -115,14 +69,14 @@ class Release:
         return json.loads(self.helm("status", self.name, "--output", "json").stdout)
 
     def pod(self, index: int) -> str:
-        return f"{self.fullname}-{index}"
+        return self.names.pod(index)
 
     def exec(self, pod: str, command: list[str], container: str = "tailscale") -> str:
         return stream(self.core.connect_get_namespaced_pod_exec, pod, self.namespace, container=container,
                       command=command, stderr=True, stdin=False, stdout=True, tty=False, _preload_content=True)
 
     def tailscale(self, pod: str, *args: str) -> str:
-        return self.exec(pod, ["tailscale", "--socket=/tmp/tailscaled.sock", *args]).strip()
+        return self.exec(pod, ["tailscale", f"--socket={self.names.socket}", *args]).strip()
 
     def relay_settings(self, pod: str) -> tuple[str, set[str]]:
         port = self.tailscale(pod, "get", "relay-server-port")
@@ -141,22 +95,32 @@ class Release:
 
     def service_endpoints(self, index: int, port: int, service: str | None = None) -> set[str]:
         """What a relay behind replica INDEX's Service (or SERVICE) should advertise: each address with PORT."""
-        return {f"[{a}]:{port}" if ipaddress.ip_address(a).version == 6 else f"{a}:{port}"
-                for a in self.service_addresses(service or self.pod(index))}
+        return {endpoint(a, port) for a in self.service_addresses(service or self.pod(index))}
+
+    def pod_condition(self, pod: str) -> tuple[str, str | None]:
+        """POD's readiness ("Ready", "not Ready", "terminating" or "absent") and uid."""
+        try:
+            found = self.core.read_namespaced_pod(pod, self.namespace)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+            return "absent", None
+        if found.metadata.deletion_timestamp:
+            return "terminating", found.metadata.uid
+        ready = {c.type: c.status for c in found.status.conditions or []}.get("Ready")
+        return ("Ready" if ready == "True" else "not Ready"), found.metadata.uid
 
     def wait_pod_ready(self, pod: str, timeout: int = 180) -> client.V1Pod:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                found = self.core.read_namespaced_pod(pod, self.namespace)
-                ready = {c.type: c.status for c in found.status.conditions or []}.get("Ready")
-                if ready == "True" and not found.metadata.deletion_timestamp:
-                    return found
-            except client.ApiException as error:
-                if error.status != 404:
-                    raise
-            time.sleep(2)
-        pytest.fail(f"relay pod {pod} not Ready after {timeout}s\n{self.describe()}")
+        wait_for(lambda: self.pod_condition(pod), f"relay pod {pod} to be Ready (seen: its state and uid)", timeout,
+                 until=lambda seen: seen[0] == "Ready", explain=self.describe)
+        return self.core.read_namespaced_pod(pod, self.namespace)
+
+    def wait_replaced(self, pod: str, old_uid: str, timeout: int = 180) -> client.V1Pod:
+        """Waits until POD is a new pod (not OLD_UID) and Ready: after a deletion the StatefulSet made the next one."""
+        wait_for(lambda: self.pod_condition(pod), f"relay pod {pod} to be replaced by a new pod that is Ready (seen: "
+                 "its state and uid)", timeout, until=lambda seen: seen == ("Ready", seen[1]) and seen[1] != old_uid,
+                 explain=self.describe)
+        return self.core.read_namespaced_pod(pod, self.namespace)
 
     def agent_log(self, pod: str) -> str:
         """The agent's log (what it saw and set), for people reading a failure."""
@@ -167,10 +131,7 @@ class Release:
 
     def status_configmap(self, index: int) -> str:
         """Replica INDEX's status ConfigMap, by the name the StatefulSet gives its agent (STATUS_CONFIGMAP)."""
-        sts = self.apps.read_namespaced_stateful_set(self.fullname, self.namespace)
-        agent = next(c for c in sts.spec.template.spec.containers if c.name == "agent")
-        name = next(e.value for e in agent.env if e.name == "STATUS_CONFIGMAP")
-        return name.replace("$(POD_INDEX)", str(index))
+        return self.names.status_configmap(index)
 
     def agent_status(self, index: int) -> dict:
         """What replica INDEX's agent reports in its status ConfigMap ({} before its first report)."""
@@ -221,7 +182,7 @@ class Release:
         wiped maps to empty strings."""
         secrets = self.core.list_namespaced_secret(self.namespace, label_selector="app.kubernetes.io/component=relay")
         return {s.metadata.name: ((s.data or {}).get("_machinekey", ""), (s.data or {}).get("_current-profile", ""))
-                for s in secrets.items if "-state-" in s.metadata.name}
+                for s in secrets.items if self.names.is_state_secret(s.metadata.name)}
 
     def hook_jobs_created_since(self, since) -> list[str]:
         """Hook Jobs the Job controller reported created after SINCE (an aware datetime), from the namespace's events:
@@ -252,12 +213,10 @@ class Release:
                  "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                      "runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}}
         self.core.patch_namespaced_pod_ephemeralcontainers(pod, self.namespace, {"spec": {"ephemeralContainers": [debug]}})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            statuses = self.core.read_namespaced_pod(pod, self.namespace).status.ephemeral_container_statuses or []
-            if any(s.name == name and s.state.running for s in statuses):
-                break
-            time.sleep(1)
+        wait_for(lambda: [(s.name, s.state) for s in self.core.read_namespaced_pod(pod, self.namespace).status
+                          .ephemeral_container_statuses or [] if s.name == name],
+                 f"ephemeral container {name} in {pod} to run", 60, interval=1,
+                 until=lambda seen: any(state.running for _, state in seen))
         table = self.exec(pod, ["cat", "/proc/net/udp", "/proc/net/udp6"], container=name)
         ports = set()
         for line in table.splitlines():

@@ -10,7 +10,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from chart_render import REPO
+from support.repo import REPO
 
 RELEASE = REPO / "scripts" / "release"
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from chart_render import REPO
-from relay_release import unavailable
+from support.cluster import setting
+from support.repo import REPO
+from support.wait import wait_for
 
 TAILNET_SCRIPT = str(REPO / "scripts" / "images" / "tailnet")
 
@@ -87,15 +88,9 @@ def forget_offline_relays() -> list[str]:
 def wait_for_no_relays(core, timeout: int = 180):
     """Waits until no relay pod of an earlier test is left in the cluster (one still terminating in another namespace
     would serve the path too)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [f"{p.metadata.namespace}/{p.metadata.name}" for p in core.list_pod_for_all_namespaces(
-            label_selector="app.kubernetes.io/component=relay").items]
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"relays of earlier tests still running after {timeout}s: {left}")
-        time.sleep(2)
+    wait_for(lambda: [f"{p.metadata.namespace}/{p.metadata.name}" for p in core.list_pod_for_all_namespaces(
+        label_selector="app.kubernetes.io/component=relay").items],
+        "the relays of earlier tests to be gone (seen: relay pods left)", timeout, until=lambda left: not left)
 
 
 def relay_side(release, replicas: int = 1):
@@ -118,13 +113,6 @@ def relay_side(release, replicas: int = 1):
 def relayed(endpoints: set[str]):
     """A pong predicate: came via a peer relay at one of ENDPOINTS."""
     return lambda pong: pong.relay_endpoint in endpoints
-
-
-def setting(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        unavailable(f"{name} unset")
-    return value
 
 
 class Tailnet:

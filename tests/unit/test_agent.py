@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from chart_render import REPO, versions
+from support.repo import REPO, versions
 
 AGENT = REPO / "agent"
 

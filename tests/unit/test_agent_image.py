@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from chart_render import REPO
+from support.repo import REPO
 
 SCRIPT = REPO / "scripts" / "agent-image"
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from chart_render import NAMESPACE, find, one, render
+from support.render import NAMESPACE, find, one, render
 
 VALUES = {"metrics": {"enabled": True, "prometheusRule": {"enabled": True}}}
 API = ("--api-versions", "monitoring.coreos.com/v1/PrometheusRule")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from chart_render import REPO
+from support.repo import REPO
 
 RESULTS = REPO / "bench" / "results.json"
 PATHS = ("direct", "relay", "derp")
@@ -56,3 +56,14 @@ def test_readme_quotes_the_results(results):
     readme = (REPO / "README.md").read_text()
     missing = [line for line in readme_lines(results) if line not in readme]
     assert not missing, f"README.md does not quote bench/results.json; update README.md.gotmpl with: {missing}"
+
+
+def test_the_benchmark_imports_the_test_support_package_as_installed(tmp_path):
+    # scripts/setup installs this repository into .venv (editable): `support` imports from anywhere, no sys.path edits
+    import subprocess
+
+    probe = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", "import support.release, support; "
+                            "print(support.__file__)"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, f"the support package does not import outside pytest: {probe.stderr}"
+    assert probe.stdout.strip() == str(REPO / "tests" / "support" / "__init__.py")
+    assert "sys.path" not in (REPO / "bench" / "relay_path.py").read_text()

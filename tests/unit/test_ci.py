@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from chart_render import REPO
+from support.repo import REPO
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.y*ml"))
 

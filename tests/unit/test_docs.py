@@ -5,7 +5,8 @@ import subprocess
 import pytest
 import yaml
 
-from chart_render import CHART, REPO, value_paths
+from support.repo import CHART, REPO
+from support.values import value_paths
 
 README = REPO / "README.md"
 REGENERATE = "(cd chart && ../.tools/bin/helm-docs --chart-search-root . --template-files ../README.md.gotmpl --output-file ../README.md)"

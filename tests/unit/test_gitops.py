@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-from chart_render import CHART, find, helm_text, render, versions
+from support.render import find, helm_text, render
+from support.repo import CHART, versions
 
 # What Argo CD's repo-server passes to `helm template` (argo-cd reposerver/repository.go): the cluster's version and
 # API versions (the release name is the Application's, given like a user's).

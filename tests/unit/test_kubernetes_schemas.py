@@ -3,15 +3,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from chart_render import CHART, RenderError, render, versions
+from support.render import RenderError, render
+from support.repo import CHART, versions
+from support.values import ci_values
 
 CRD_KINDS = {"ServiceMonitor"}  # not in the Kubernetes OpenAPI; checked in test_validation
 
 VARIANTS = {
     "defaults": {},
-    "seed": {"relay": {"port": 61441},
-             "service": {"annotations": {"metallb.io/loadBalancerIPs": "fdc9:b01a:9d26:0:2::3,172.16.2.3"},
-                         "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6", "IPv4"]}},
+    "seed": ci_values("seed"),
     "three replicas": {"replicaCount": 3, "tailscale": {"tags": ["tag:relay"]}},
     "node port": {"service": {"type": "NodePort", "nodePort": 30441}, "relay": {"staticEndpoints": ["192.0.2.1:30441"]}},
     "everything": {

@@ -4,7 +4,9 @@ import subprocess
 
 import pytest
 
-from chart_render import CHART, HELM, HELM3, REPO, helm_text
+from support.render import helm_text
+from support.repo import CHART, HELM, HELM3, REPO
+from support.values import ci_values
 
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 YAML_FILES = [CHART / "Chart.yaml", CHART / "values.yaml", *CI_VALUES, REPO / "ct.yaml", REPO / ".yamllint",
@@ -12,7 +14,7 @@ YAML_FILES = [CHART / "Chart.yaml", CHART / "values.yaml", *CI_VALUES, REPO / "c
 
 VARIANTS = {
     "defaults": {},
-    "seed": {"relay": {"port": 61441}, "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6", "IPv4"]}},
+    "seed": ci_values("seed"),
     "three replicas": {"replicaCount": 3, "tailscale": {"tags": ["tag:relay"], "loginServer": "https://hs.example"}},
     "kernel oauth metrics": {"auth": {"authKey": "", "oauth": {"existingSecret": "o"}}, "tailscale": {"tags": ["tag:r"], "userspace": False},
                              "metrics": {"enabled": True}},

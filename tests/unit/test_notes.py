@@ -2,7 +2,7 @@
 import json
 import re
 
-from chart_render import notes
+from support.render import chart_names, notes
 
 
 def grant_in(text):
@@ -30,17 +30,19 @@ def test_tags_with_a_login_server_warn_that_headscale_takes_tags_from_the_key():
 def test_check_commands_cover_every_replica():
     text = notes({"replicaCount": 2, "relay": {"port": 61441}})
     assert "relaying UDP port 61441" in text
-    for pod in ("relay-tailscale-peer-relay-0", "relay-tailscale-peer-relay-1"):
-        assert f"exec {pod} -c tailscale -- tailscale --socket=/tmp/tailscaled.sock get relay-server-port" in text
+    names = chart_names()
+    for index in range(2):
+        pod = names.pod(index)
+        assert f"exec {pod} -c tailscale -- tailscale --socket={names.socket} get relay-server-port" in text
         assert f"get service {pod}" in text
         assert f"describe pod {pod}" in text, "the agent's Events are on the pod"
-    for status in ("relay-tailscale-peer-relay-status-0", "relay-tailscale-peer-relay-status-1"):
-        assert f"get configmap {status} -o jsonpath" in text
+        assert f"get configmap {names.status_configmap(index)} -o jsonpath" in text
     assert "helm test relay --namespace tailnet" in text
 
 
 def test_notes_say_how_to_remove_the_kept_state():
     text = notes({"replicaCount": 2})
+    assert "identities live in the Secrets relay-tailscale-peer-relay-state-<ordinal>." in text
     assert "delete secret relay-tailscale-peer-relay-state-0 relay-tailscale-peer-relay-state-1" in text
 
 

@@ -7,7 +7,8 @@ import tarfile
 import pytest
 import yaml
 
-from chart_render import CHART, HELM, REPO, all_pod_specs, render
+from support.render import all_pod_specs, render
+from support.repo import CHART, HELM, REPO
 
 CHART_YAML = yaml.safe_load((CHART / "Chart.yaml").read_text())
 ANNOTATIONS = CHART_YAML["annotations"]

@@ -2,7 +2,7 @@
 relay's pods, Services and status ConfigMaps."""
 import pytest
 
-from chart_render import FULLNAME, find, one, render
+from support.render import FULLNAME, find, one, render
 
 
 def rules_by_resource(role):

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import yaml
 
-from chart_render import CHART, HELM, HELM3, REPO
-from release_keys import gpg_key, run_release, tampered_copy
+from support.release_keys import gpg_key, run_release, tampered_copy
+from support.repo import CHART, HELM, HELM3, REPO
 
 VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 PACKAGE = f"tailscale-peer-relay-{VERSION}.tgz"

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from chart_render import helm_text
+from support.render import helm_text
+from support.values import ci_values
 
 VARIANTS = {
     "default": {},
-    "seed": {"relay": {"port": 61441}, "service": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}},
-    "replicas 2": {"replicaCount": 2},
-    "kernel mode": {"tailscale": {"userspace": False}},
-    "network policies": {"networkPolicy": {"enabled": True}},
+    # the variants in chart/ci/
+    **{name: ci_values(name) for name in ("seed", "replicas", "kernel", "network-policy")},
 }
 
 # (check id, container or "", summary) -> why the chart does it on purpose
@@ -75,7 +74,7 @@ def test_every_accepted_finding_still_occurs(tool):
 
 
 def test_network_policies_cover_every_pod(tool):
-    uncovered = sorted(f[0] for f in findings("network policies", tool("kube-score")) if f[1] == "pod-networkpolicy")
+    uncovered = sorted(f[0] for f in findings("network-policy", tool("kube-score")) if f[1] == "pod-networkpolicy")
     assert not uncovered, f"with networkPolicy.enabled every pod needs a NetworkPolicy: {uncovered}"
 
 
@@ -96,7 +95,7 @@ CHECKOV_ACCEPTED = {
 }
 # Only where the render asks for it.
 CHECKOV_BY_VARIANT = {
-    "kernel mode": {
+    "kernel": {
         ("CKV_K8S_25", "StatefulSet"): "kernel networking needs NET_ADMIN (values.yaml: tailscale.userspace)",
         ("CKV_K8S_23", "StatefulSet"): "added capabilities are effective only for root (tailscale.userspace)",
     },
@@ -136,7 +135,7 @@ def test_checkov_finds_nothing_the_chart_does_not_do_on_purpose(variant, tool):
     unexplained = sorted(f for f in found if (f[0], f[1]) not in allowed and (f[0], "*") not in allowed)
     assert not unexplained, "checkov findings to fix (or to accept with the reason):\n" + \
         "\n".join(f"{kind} {name}: {check}" for check, kind, name in unexplained)
-    if variant == "network policies":
+    if variant == "network-policy":
         assert not [f for f in found if f[0] == "CKV2_K8S_6"], "with networkPolicy.enabled every pod has a policy"
 
 

@@ -8,7 +8,8 @@ import jsonschema
 import pytest
 import yaml
 
-from chart_render import CHART, RenderError, render
+from support.render import RenderError, render
+from support.repo import CHART
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())

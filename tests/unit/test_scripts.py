@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from chart_render import REPO
+from support.repo import REPO
 
 SHELLCHECK = str(REPO / ".venv" / "bin" / "shellcheck")
 

@@ -3,12 +3,13 @@ import base64
 
 import pytest
 
-from chart_render import AUTH, all_pod_specs, helm_text, notes, render
+from support.render import all_pod_specs, helm_text, notes, render
+from support.values import AUTH, ci_values
 
 VARIANTS = {
     "defaults": {},
     "three replicas": {"replicaCount": 3},
-    "seed setup": {"relay": {"port": 61441}, "service": {"ipFamilyPolicy": "RequireDualStack"}},
+    "seed setup": ci_values("seed"),
     "oauth": {"auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "s3cr3t"}}, "tailscale": {"tags": ["tag:relay"]}},
 }
 

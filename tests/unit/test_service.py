@@ -1,16 +1,11 @@
 """One UDP Service per replica, with every service.* value applied."""
 import pytest
 
-from chart_render import FULLNAME, find, one, render
+from support.render import FULLNAME, find, one, render
+from support.values import ci_values
 
-SEED = {
-    "relay": {"port": 61441},
-    "service": {
-        "annotations": {"metallb.io/loadBalancerIPs": "fdc9:b01a:9d26:0:2::3,172.16.2.3"},
-        "ipFamilyPolicy": "RequireDualStack",
-        "ipFamilies": ["IPv6", "IPv4"],
-    },
-}
+# the write-up's setup (chart/ci/seed-values.yaml): a dual-stack MetalLB Service with fixed addresses
+SEED = ci_values("seed")
 
 
 def relay_services(manifests):
@@ -19,12 +14,12 @@ def relay_services(manifests):
 
 def test_seed_setup_renders_the_dual_stack_metallb_service_it_needed():
     service = one(render(SEED), "Service", f"{FULLNAME}-0")
-    assert service["metadata"]["annotations"] == {"metallb.io/loadBalancerIPs": "fdc9:b01a:9d26:0:2::3,172.16.2.3"}
+    assert service["metadata"]["annotations"] == SEED["service"]["annotations"]
     spec = service["spec"]
     assert spec["type"] == "LoadBalancer"
-    assert spec["ipFamilyPolicy"] == "RequireDualStack"
-    assert spec["ipFamilies"] == ["IPv6", "IPv4"]
-    assert spec["ports"] == [{"name": "relay", "protocol": "UDP", "port": 61441, "targetPort": "relay"}]
+    assert spec["ipFamilyPolicy"] == SEED["service"]["ipFamilyPolicy"] == "RequireDualStack"
+    assert spec["ipFamilies"] == SEED["service"]["ipFamilies"]
+    assert spec["ports"] == [{"name": "relay", "protocol": "UDP", "port": SEED["relay"]["port"], "targetPort": "relay"}]
     assert spec["selector"]["statefulset.kubernetes.io/pod-name"] == f"{FULLNAME}-0"
 
 

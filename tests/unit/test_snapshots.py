@@ -5,18 +5,14 @@ Update after a deliberate change, then review the diff:  UPDATE_SNAPSHOTS=1 scri
 import os
 
 import pytest
-import yaml
 
-from chart_render import CHART, REPO, helm_text
+from support.render import helm_text
+from support.repo import REPO
+from support.values import ci_values
 
 SNAPSHOTS = REPO / "tests" / "snapshots"
-SEED = yaml.safe_load((CHART / "ci" / "seed-values.yaml").read_text())
-VARIANTS = {
-    "default": {},
-    # the test variants live in chart/ci/; seed-values.yaml is the write-up's setup (its own credential: an
-    # existing Secret, so not the render helper's example key)
-    "seed": {**SEED, "auth": {**SEED["auth"], "authKey": ""}},
-}
+# the defaults, and the write-up's setup (chart/ci/seed-values.yaml)
+VARIANTS = {"default": {}, "seed": ci_values("seed")}
 UPDATE = "UPDATE_SNAPSHOTS=1 scripts/test --unit -k snapshot"
 
 

@@ -1,7 +1,8 @@
 """The relay StatefulSet: image, identity, Tailscale settings and pod placement follow the values."""
 import pytest
 
-from chart_render import RenderError, FULLNAME, env_of, find, one, relay_container, render, versions
+from support.render import FULLNAME, RenderError, env_of, find, one, relay_container, render
+from support.repo import versions
 
 
 def test_default_image_is_the_pinned_tailscale_release():

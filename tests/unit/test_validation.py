@@ -1,7 +1,7 @@
 """Cross-field rules: bad combinations fail before anything is installed, naming the value to fix."""
 import pytest
 
-from chart_render import RenderError, render
+from support.render import RenderError, render
 
 TAGGED = {"tailscale": {"tags": ["tag:relay"]}}
 
@@ -11,11 +11,11 @@ CASES = {
         "auth: set one of auth.authKey, auth.existingSecret or auth.oauth",
     ),
     "key and existing secret": (
-        {"auth": {"existingSecret": "mine"}},
+        {"auth": {"authKey": "tskey-auth-k1", "existingSecret": "mine"}},
         "auth: set only one of auth.authKey, auth.existingSecret or auth.oauth; found auth.authKey, auth.existingSecret",
     ),
     "key and oauth": (
-        {"auth": {"oauth": {"clientId": "id", "clientSecret": "s"}}, **TAGGED},
+        {"auth": {"authKey": "tskey-auth-k1", "oauth": {"clientId": "id", "clientSecret": "s"}}, **TAGGED},
         "found auth.authKey, auth.oauth",
     ),
     "oauth without secret": (

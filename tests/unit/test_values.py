@@ -2,7 +2,9 @@
 import pytest
 import yaml
 
-from chart_render import CHART, deep_merge, helm_text, value_paths
+from support.render import helm_text
+from support.repo import CHART
+from support.values import deep_merge, value_paths
 
 TAGS = {"tailscale": {"tags": ["tag:relay"]}}
 EXISTING = {"auth": {"authKey": "", "existingSecret": "ts-auth"}}

@@ -4,7 +4,7 @@ import subprocess
 import pytest
 import yaml
 
-from chart_render import CHART, HELM, HELM3, versions
+from support.repo import CHART, HELM, HELM3, versions
 
 
 def test_chart_app_version_is_the_pinned_tailscale_release():

@@ -1,0 +1,90 @@
+"""The test cluster (scripts/cluster): whether this run must have it, and the values that point the chart at its
+images, key and control server, layered over a test variant by one rule."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from support.repo import REPO
+from support.values import ci_values, deep_merge
+
+ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
+REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "AGENT_IMAGE", "TOOLBOX_IMAGE")
+# what every relay on the test cluster gets (DERP over HTTP, no log upload), also read by scripts/demo and scripts/bench
+TEST_CLUSTER_VALUES = REPO / "scripts" / "images" / "relay-values.yaml"
+# Values of a variant that the test cluster supplies its own way: the auth Secret (the cluster's key instead) and the
+# tags (the cluster's key carries tag:relay, and Headscale refuses a pre-auth key registration that asks for tags: the
+# README's Headscale section). None deletes a value, in helm's merge as in ours.
+ELSEWHERE = {"auth": {"existingSecret": None}, "tailscale": {"tags": None}}
+# The write-up's fixed load balancer addresses: the test cluster's MetalLB serves them (pool "seed", given only on
+# request: scripts/images/deploy), so `ct install` installs the seed as it is, but nothing routes them to the LAN
+# device. A test that relays leaves them out and takes addresses from the routed pool.
+UNROUTED = {"service": {"annotations": {"metallb.io/loadBalancerIPs": None}}}
+
+
+def cluster_required() -> str | None:
+    """Why this run must have the cluster, or None: REQUIRE_CLUSTER=1 (scripts/test sets it after it brought the
+    cluster up), or CI=true (what every CI system sets: a CI run that skips the integration tests tested nothing)."""
+    if os.environ.get("REQUIRE_CLUSTER") == "1":
+        return "REQUIRE_CLUSTER=1"
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        return f"CI={os.environ['CI']}"
+    return None
+
+
+def unavailable(reason: str):
+    """The cluster or its settings are missing: a skip when someone runs the suite without a cluster, a failure when
+    the run requires one (cluster_required)."""
+    required = cluster_required()
+    if required:
+        pytest.fail(f"{reason} although this run requires the cluster ({required}): {ENV_HINT}")
+    pytest.skip(f"{reason}: {ENV_HINT}")
+
+
+def setting(name: str) -> str:
+    """Environment variable NAME that `scripts/cluster env` exports; unavailable() without it."""
+    value = os.environ.get(name)
+    if not value:
+        unavailable(f"{name} unset")
+    return value
+
+
+def cluster_values() -> dict:
+    """Values that point the chart at this cluster's images and control server, over the values every test relay
+    gets (TEST_CLUSTER_VALUES: DERP over HTTP, no log upload)."""
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    if missing:
+        unavailable(f"{', '.join(missing)} unset")
+    relay_repo, relay_tag = os.environ["RELAY_IMAGE"].rsplit(":", 1)
+    agent_repo, agent_tag = os.environ["AGENT_IMAGE"].rsplit(":", 1)
+    return deep_merge(yaml.safe_load(TEST_CLUSTER_VALUES.read_text()), {
+        "image": {"repository": relay_repo, "tag": relay_tag},
+        "agent": {"image": {"repository": agent_repo, "tag": agent_tag}},
+        "hook": {"timeoutSeconds": 120},
+        "auth": {"authKey": os.environ["AUTHKEY"]},
+        "tailscale": {"loginServer": os.environ["LOGIN_SERVER"]},
+    })
+
+
+def overlay() -> dict:
+    """What goes over any test variant on this cluster (ct install's extra values file): the cluster's values, with
+    ELSEWHERE's values deleted (helm deletes a None that has a default; a fixed address has none, hence the pool)."""
+    return deep_merge(cluster_values(), ELSEWHERE)
+
+
+def _pruned(values: dict, remove: dict) -> dict:
+    kept = {}
+    for key, value in values.items():
+        if key in remove and remove[key] is None:
+            continue
+        kept[key] = _pruned(value, remove[key]) if isinstance(value, dict) and isinstance(remove.get(key), dict) \
+            else value
+    return kept
+
+
+def on_cluster(name: str) -> dict:
+    """Test variant NAME (chart/ci/NAME-values.yaml) without ELSEWHERE's and UNROUTED's values: what a test installs
+    (over cluster_values, as Release does) to run that setup on this cluster, reached from the LAN device."""
+    return _pruned(_pruned(ci_values(name), ELSEWHERE), UNROUTED)

@@ -1,0 +1,109 @@
+"""The test support package itself: the names it reads off the render are the chart's, the variants load by name, the
+cluster layering drops exactly what names another cluster, and the one wait says what it waited for and saw last."""
+import pytest
+import yaml
+
+from support.cluster import ELSEWHERE, UNROUTED, on_cluster
+from support.render import FULLNAME, chart_names, find, names_in, render
+from support.helm import run_helm
+from support.repo import CHART
+from support.values import VARIANTS, ci_value_names, ci_values, deep_merge, endpoint, with_credential
+from support.wait import wait_for
+
+
+@pytest.mark.parametrize("values", [{}, {"replicaCount": 3}, {"fullnameOverride": "edge"}, {"nameOverride": "x"}],
+                         ids=["defaults", "three replicas", "fullnameOverride", "nameOverride"])
+def test_the_names_read_off_the_render_are_the_objects_the_chart_makes(values):
+    manifests = render(values)
+    names = names_in(manifests)
+    replicas = values.get("replicaCount", 1)
+    assert {m["metadata"]["name"] for m in find(manifests, "Pod")} == {names.test_pod}
+    assert {m["metadata"]["name"] for m in find(manifests, "ServiceAccount")} == {names.relay_account, names.hook_account}
+    secrets = {m["metadata"]["name"] for m in find(manifests, "Secret")}
+    assert secrets == {names.auth_secret} | {names.state_secret(i) for i in range(replicas)}
+    assert {m["metadata"]["name"] for m in find(manifests, "ConfigMap")} >= {names.status_configmap(i)
+                                                                             for i in range(replicas)}
+    assert [m["metadata"]["name"] for m in find(manifests, "Service") if m["spec"].get("type") == "LoadBalancer"] == \
+        [names.pod(i) for i in range(replicas)], "each replica's Service is named as its pod"
+    assert sorted(n for n in secrets if names.is_state_secret(n)) == sorted(names.state_secret(i) for i in range(replicas))
+
+
+def test_the_default_fullname_is_the_renders():
+    assert chart_names().fullname == FULLNAME
+
+
+def test_every_variant_loads_by_name_and_an_unknown_one_is_named():
+    assert {"authkey", "seed"} <= set(ci_value_names())
+    assert ci_values("seed")["relay"]["port"] == 61441, "the write-up's relay port"
+    with pytest.raises(LookupError, match="no test variant 'nope'.*seed"):
+        ci_values("nope")
+
+
+def test_on_the_cluster_a_variant_loses_only_what_the_cluster_supplies_its_own_way():
+    seed = ci_values("seed")
+    installable = on_cluster("seed")
+    assert seed["auth"]["existingSecret"] and seed["service"]["annotations"]["metallb.io/loadBalancerIPs"]
+    assert seed["tailscale"]["tags"], "the write-up's relay is tagged"
+    assert "existingSecret" not in installable["auth"]
+    assert "metallb.io/loadBalancerIPs" not in installable["service"]["annotations"]
+    assert "tags" not in installable["tailscale"]
+    # everything else is the variant's
+    assert deep_merge(installable, {"auth": {"existingSecret": seed["auth"]["existingSecret"]},
+                                    "service": {"annotations": seed["service"]["annotations"]},
+                                    "tailscale": {"tags": seed["tailscale"]["tags"]}}) == seed
+    assert set(ELSEWHERE) | set(UNROUTED) == {"auth", "service", "tailscale"}
+
+
+def test_helms_merge_deletes_what_the_overlay_sets_to_none(tmp_path):
+    # ct install puts the cluster's values over each variant as a second values file: its None must delete there too
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump(deep_merge(ELSEWHERE, {"auth": {"authKey": "tskey-auth-x"}})))
+    result = run_helm("template", "relay", str(CHART), "--values", str(VARIANTS / "seed-values.yaml"),
+                      "--values", str(overlay))
+    assert result.returncode == 0, result.stderr
+    manifests = [m for m in yaml.safe_load_all(result.stdout) if m]
+    relay = next(c for c in find(manifests, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"]
+                 if c["name"] == "tailscale")
+    env = {e["name"]: e for e in relay["env"]}
+    assert "tailscale-auth" not in str(env), "the variant's existing Secret should be gone"
+    assert "TS_EXTRA_ARGS" not in env or "advertise-tags" not in str(env["TS_EXTRA_ARGS"]), "the tags should be gone"
+    # the seed's fixed addresses stay (the cluster serves them from a pool of their own)
+    service = next(m for m in find(manifests, "Service") if m["spec"].get("type") == "LoadBalancer")
+    assert service["metadata"]["annotations"] == ci_values("seed")["service"]["annotations"]
+
+
+def test_the_example_key_goes_under_values_without_a_credential_of_their_own():
+    assert with_credential({})["auth"]["authKey"].startswith("tskey-auth-")
+    assert with_credential({"auth": {"existingSecret": "s"}}) == {"auth": {"existingSecret": "s"}}
+    assert "authKey" not in with_credential({"auth": {"oauth": {"clientId": "i", "clientSecret": "s"}}})["auth"]
+
+
+@pytest.mark.parametrize("address, spelled", [("192.0.2.1", "192.0.2.1:61441"), ("fd00::1", "[fd00::1]:61441")])
+def test_an_endpoint_is_spelled_as_tailscaled_spells_it(address, spelled):
+    assert endpoint(address, 61441) == spelled
+
+
+def test_the_wait_returns_what_it_saw_once_it_holds():
+    seen = iter([1, 2, 3, 4])
+    assert wait_for(lambda: next(seen), "three", 5, interval=0, until=lambda n: n >= 3) == 3
+
+
+def test_the_wait_fails_naming_what_it_waited_for_and_what_it_saw_last():
+    calls = []
+
+    def observe():
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("not yet")
+        return {"ready": False, "calls": len(calls)}
+    with pytest.raises(pytest.fail.Exception) as failed:
+        wait_for(observe, "the relay to be ready", 0.05, interval=0.01, tolerate=(KeyError,),
+                 until=lambda s: s["ready"], explain=lambda: "the relay's log says: nothing yet")
+    message = str(failed.value)
+    assert "waited 0.05s for the relay to be ready" in message
+    assert "saw last: {'ready': False" in message and "the relay's log says: nothing yet" in message
+
+
+def test_the_wait_does_not_swallow_an_exception_it_was_not_told_to_tolerate():
+    with pytest.raises(ZeroDivisionError):
+        wait_for(lambda: 1 / 0, "nothing", 1, interval=0)
