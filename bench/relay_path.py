@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from kubernetes import client, config
 
@@ -30,7 +31,7 @@ from kubernetes import client, config
 from support.cluster import cluster_values, on_cluster
 from support.release import Release
 from support.repo import REPO, versions
-from support.tailnet import Pong, Tailnet
+from support.tailnet import Pong, Tailnet, wait_for_no_relays
 
 NAMESPACE = "relay-bench"
 # the write-up's setup (chart/ci/seed-values.yaml) as the test cluster installs it
@@ -232,9 +233,8 @@ def main() -> None:
     if relay.helm("status", relay.name, check=False).returncode == 0:
         log("removing the previous benchmark release")
         relay.helm("uninstall", relay.name, "--wait")
-    while core.list_pod_for_all_namespaces(label_selector="app.kubernetes.io/component=relay").items:
-        log("waiting until no relay runs in the cluster")
-        time.sleep(3)
+    log("waiting until no relay runs in the cluster")
+    wait_for_no_relays(core)
 
     workload_ip = net.workload_ip()
     workload_pod = core.list_namespaced_pod(net.workload_namespace, label_selector="app=workload").items[0].metadata.name

@@ -151,13 +151,20 @@ class Tailnet:
         pytest.fail(f"no pong via {what} from {self.workload} within {max_pings} pings; "
                     f"paths seen (latest last): {seen[-20:]}\n{self.diagnostics()}\n{explain()}")
 
-    def lan_peer_status(self) -> dict:
-        """The workload's entry in the LAN device's `tailscale status --json`."""
-        status = json.loads(self.lan_tailscale("status", "--json").stdout)
+    def lan_peer(self, timeout: int = 120) -> tuple[dict | None, dict]:
+        """The workload's entry in the LAN device's `tailscale status --json` (None if it has none), and the status."""
+        status = json.loads(self.lan_tailscale("status", "--json", timeout=timeout).stdout)
         for peer in (status.get("Peer") or {}).values():
             if peer.get("HostName") == self.workload or peer.get("DNSName", "").split(".")[0] == self.workload:
-                return peer
-        pytest.fail(f"the LAN device does not see {self.workload} as a peer: {sorted(status.get('Peer') or {})}")
+                return peer, status
+        return None, status
+
+    def lan_peer_status(self) -> dict:
+        """The workload's entry in the LAN device's `tailscale status --json`."""
+        peer, status = self.lan_peer()
+        if peer is None:
+            pytest.fail(f"the LAN device does not see {self.workload} as a peer: {sorted(status.get('Peer') or {})}")
+        return peer
 
     def firewall(self, mode: str, *deny: str) -> None:
         """The LAN device's firewall: 'closed' (UDP only to Headscale and the LoadBalancer ranges, and never to DENY)

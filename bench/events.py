@@ -1,0 +1,212 @@
+"""Benchmark of what the LAN sees while the cluster does its routine things to a relay (issue 17's events).
+
+Run with `scripts/bench --events` (it brings up the cluster and the tailnet in a box). For each event and each relay
+count, a fresh release of the write-up's setup, the LAN device relaying through it, then the path probe
+(tests/support/probe.py: ICMP echoes 5 a second, each with the path the LAN device sent it on) through the event and
+until the LAN device is back on a relay path of the release (or TIMEOUT). Writes bench/events.json (per run: echoes
+sent and lost, seconds off the relay, whether it came back by itself, with its settings right and Ready, and every
+echo) and bench/events.png (round trip and path over time, per run). It measures and records; it asserts nothing
+(tests/integration/test_availability.py asserts what must hold).
+
+Events that need more than one node (a drain, a node lost) wait for the multi-node test cluster (issue 17).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from support.cluster import on_cluster
+from support.probe import PathProbe
+from support.release import Release
+from support.repo import REPO, versions
+from support.tailnet import Tailnet, forget_offline_relays, wait_for_no_relays
+from support.values import ci_values, deep_merge
+from support.wait import wait_for
+
+NAMESPACE = "relay-bench-event"
+SEED = on_cluster("seed")
+PORT = SEED["relay"]["port"]
+NODE = f"{versions()['CLUSTER_NAME']}-control-plane"
+# how long the probe waits, after an event, for the LAN device to be back on a relay path
+TIMEOUT = 300
+SETTLE = 3
+
+
+def log(message: str) -> None:
+    print(f"bench events: {message}", file=sys.stderr, flush=True)
+
+
+def all_endpoints(relay: Release, replicas: int) -> set[str]:
+    return set().union(*(relay.service_endpoints(i, PORT) for i in range(replicas)))
+
+
+def on_relay(probe: PathProbe, endpoints: set[str]) -> bool:
+    sample = probe.current_path()
+    return sample is not None and sample.path == "peer-relay" and sample.via.rsplit(":vni:", 1)[0] in endpoints
+
+
+def node_exec(*command: str) -> None:
+    subprocess.run(["docker", "exec", NODE, *command], check=True, capture_output=True, timeout=120)
+
+
+def api_answers(core: client.CoreV1Api) -> bool:
+    try:
+        core.list_namespace(limit=1, _request_timeout=5)
+        return True
+    except Exception:  # refused or timed out while it restarts
+        return False
+
+
+def wait(what: str, check, timeout: int = TIMEOUT) -> bool:
+    """Whether CHECK holds within TIMEOUT seconds (the tests' wait; here not holding is a result, not a failure)."""
+    try:
+        wait_for(check, what, timeout, interval=1)
+        return True
+    except pytest.fail.Exception as failed:
+        log(str(failed))
+        return False
+
+
+# Each event: (name, what it does, function(relay, replicas, core) -> the release the LAN should end on).
+def rolling_upgrade(relay, replicas, core):
+    """helm upgrade with another pod template: the StatefulSet replaces each relay pod in turn."""
+    relay.upgrade(deep_merge(values_for(replicas), {"podAnnotations": {"example.com/rollout": str(time.time_ns())}}))
+    return relay
+
+
+def pod_deleted(relay, replicas, core):
+    """kubectl delete pod of relay 0 (a crash, an eviction): the StatefulSet makes it again."""
+    core.delete_namespaced_pod(relay.pod(0), relay.namespace)
+    return relay
+
+
+def api_server_restart(relay, replicas, core):
+    """The API server's static pod restarts (a control-plane upgrade): its container stopped, the kubelet starts it."""
+    node_exec("sh", "-c", "crictl stop $(crictl ps -q --name kube-apiserver)")
+    time.sleep(2)
+    wait("the API server to answer again", lambda: api_answers(core))
+    return relay
+
+
+def speaker_restart(relay, replicas, core):
+    """The MetalLB speaker that announces the relay's address restarts."""
+    for pod in core.list_namespaced_pod("metallb-system", label_selector="component=speaker").items:
+        core.delete_namespaced_pod(pod.metadata.name, "metallb-system")
+    return relay
+
+
+def relay_replaced(relay, replicas, core):
+    """The relay in use is replaced by another: helm uninstall, then another release installed."""
+    relay.uninstall()
+    other = Release(relay.core.api_client, relay.namespace, name="other")
+    other.install(values_for(replicas))
+    return other
+
+
+EVENTS = [("rolling upgrade", rolling_upgrade), ("relay pod deleted", pod_deleted),
+          ("API server restart", api_server_restart), ("MetalLB speaker restart", speaker_restart),
+          ("relay replaced by another release", relay_replaced)]
+
+
+def values_for(replicas: int) -> dict:
+    return SEED if replicas == 1 else deep_merge(SEED, ci_values("replicas"))
+
+
+def run(api, core, net: Tailnet, name: str, event, replicas: int) -> dict:
+    """One event with REPLICAS relays, in a namespace of its own (deleted afterwards, as the tests do)."""
+    log(f"{name}, {replicas} relay(s)")
+    wait_for_no_relays(core)
+    forget_offline_relays()
+    namespace = f"{NAMESPACE}-{time.time_ns() % 10**8}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    try:
+        return measure(core, net, name, event, replicas, Release(api, namespace))
+    finally:
+        core.delete_namespace(namespace)
+
+
+def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release) -> dict:
+    relay.install(values_for(replicas))
+    endpoints = all_endpoints(relay, replicas)
+    net.ping_until(lambda pong: pong.relay_endpoint in endpoints, 300, "the relay")
+    started = time.monotonic()
+    with PathProbe(net) as probe:
+        after = event(relay, replicas, core)
+        event_s = round(time.monotonic() - started, 1)
+        wanted = all_endpoints(after, replicas)
+        came_back = wait("the LAN device back on a relay path", lambda: on_relay(probe, wanted))
+        time.sleep(SETTLE)
+    ready = all(after.pod_condition(after.pod(i))[0] == "Ready" for i in range(replicas))
+    settings = all(after.relay_settings(after.pod(i)) == (str(PORT), after.service_endpoints(i, PORT))
+                   for i in range(replicas))
+    summary = probe.summary()
+    log(f"{name}, {replicas} relay(s): {summary['lost']} of {summary['sent']} echoes lost, "
+        f"{summary['seconds_off_relay']} s off the relay, back: {came_back}\n{probe.timeline()}")
+    return {"event": name, "replicas": replicas, "event_s": event_s, "came_back": came_back, "ready": ready,
+            "settings_right": settings, **{k: summary[k] for k in ("sent", "lost", "seconds_off_relay", "relays")},
+            "timeline": probe.timeline().splitlines(), "probe": probe.to_json()}
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"peer-relay": "#2a7", "derp": "#c80", "direct": "#57c", "none": "#999"}
+    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 1.9 * len(runs)), sharex=True, squeeze=False)
+    for ax, result in zip(axes[:, 0], runs):
+        echoes = result["probe"]["echoes"]
+        for kind, color in colors.items():
+            points = [(e["sent_s"], e["rtt_ms"]) for e in echoes if e["rtt_ms"] is not None and e["path"] == kind]
+            if points:
+                ax.scatter(*zip(*points), s=4, color=color, label=kind)
+        lost = [e["sent_s"] for e in echoes if e["rtt_ms"] is None]
+        if lost:
+            ax.scatter(lost, [0.1] * len(lost), s=10, marker="x", color="#d22", label="lost")
+        ax.set_yscale("log")
+        ax.set_ylabel("RTT ms")
+        ax.set_title(f"{result['event']}, {result['replicas']} relay(s): {result['lost']} lost, "
+                     f"{result['seconds_off_relay']} s off the relay", fontsize=8, loc="left")
+        ax.legend(fontsize=6, loc="upper right", markerscale=2)
+    axes[-1, 0].set_xlabel("seconds since the event began (echoes 5 a second; path from the LAN device's status)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    log(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--only", help="run only the events whose name contains this")
+    args = parser.parse_args()
+    config.load_kube_config()
+    api = client.ApiClient()
+    core = client.CoreV1Api(api)
+    net = Tailnet()
+    net.firewall("closed")
+    runs = [run(api, core, net, name, event, replicas) for name, event in EVENTS
+            if not args.only or args.only in name for replicas in args.replicas]
+    pins = versions()
+    results = {"environment": {"date": datetime.date.today().isoformat(), "tailscale": pins["TAILSCALE_VERSION"],
+                               "headscale": pins["HEADSCALE_VERSION"], "kubernetes": pins["KUBERNETES_VERSION"],
+                               "nodes": 1, "echoes_per_second": 5, "timeout_s": TIMEOUT,
+                               "command": "scripts/bench --events"},
+               "runs": runs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "events.json").write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {args.out / 'events.json'}")
+    plot(runs, args.out / "events.png")
+
+
+if __name__ == "__main__":
+    main()

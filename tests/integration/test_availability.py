@@ -1,0 +1,81 @@
+"""What the LAN sees while the cluster does its routine things to a relay: the path probe (support.probe) runs through
+the event and until the LAN device is back on a relay path; the test asserts what must hold afterwards (a relay path
+of this release, its settings right, Ready, with no help). Lost echoes and seconds off the relay are recorded in the
+failure message and the timeline, not asserted: timings belong to the benchmark."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from support.cluster import on_cluster
+from support.probe import PathProbe
+from support.repo import versions
+from support.tailnet import relay_side, relayed
+from support.values import deep_merge
+from support.wait import wait_for
+
+pytestmark = pytest.mark.integration
+
+# the write-up's setup (chart/ci/seed-values.yaml) on the test cluster
+SEED = on_cluster("seed")
+PORT = SEED["relay"]["port"]
+# the echoes kept going once the LAN device is back on a relay path, so the timeline shows it answering there
+SETTLE_SECONDS = 3
+
+
+def relay_path_of(endpoints: set[str]):
+    """A path sample predicate: the LAN device sends through a relay at one of ENDPOINTS."""
+    return lambda sample: sample is not None and sample.path == "peer-relay" and \
+        sample.via.rsplit(":vni:", 1)[0] in endpoints
+
+
+def test_a_rolling_upgrade_of_one_relay_comes_back_to_a_relay_path_by_itself(release, tailnet):
+    release.install(SEED)
+    pod = release.pod(0)
+    endpoints = release.service_endpoints(0, PORT)
+    tailnet.ping_until(relayed(endpoints), 180, f"the relay at {sorted(endpoints)}", relay_side(release))
+    old_uid = release.pod_condition(pod)[1]
+    with PathProbe(tailnet) as probe:
+        # a change to the pod template: the StatefulSet replaces the one relay pod (helm waits for the rollout)
+        release.upgrade(deep_merge(SEED, {"podAnnotations": {"example.com/rollout": "2"}}))
+        release.wait_replaced(pod, old_uid)
+        wait_for(probe.current_path, "the LAN device to send through the relay again (seen: its path)", 180,
+                 until=relay_path_of(endpoints), explain=relay_side(release))
+        time.sleep(SETTLE_SECONDS)
+    summary = probe.summary()
+    story = f"{summary}\n{probe.timeline()}"
+    assert summary["last_path"] == "peer-relay", f"the LAN device should end on the relay path:\n{story}"
+    assert set(summary["relays"]) <= endpoints, f"only this release's relay should have answered:\n{story}"
+    assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT)), story
+    assert release.pod_condition(pod)[0] == "Ready", story
+
+
+def test_an_api_server_restart_does_not_interrupt_the_relay_path(release, tailnet, core):
+    release.install(SEED)
+    pod = release.pod(0)
+    endpoints = release.service_endpoints(0, PORT)
+    tailnet.ping_until(relayed(endpoints), 180, f"the relay at {sorted(endpoints)}", relay_side(release))
+    node = f"{os.environ.get('KIND_CLUSTER_NAME', versions()['CLUSTER_NAME'])}-control-plane"
+    with PathProbe(tailnet) as probe:
+        # the API server's static pod restarts, as in a control-plane upgrade: its container stopped, the kubelet
+        # starts it again
+        stopped = subprocess.run(["docker", "exec", node, "sh", "-c", "crictl stop $(crictl ps -q --name kube-apiserver)"],
+                                 capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0, f"could not stop the API server: {stopped.stderr}"
+        time.sleep(2)
+        wait_for(lambda: core.list_namespace(limit=1, _request_timeout=5), "the API server to answer again", 180,
+                 tolerate=(Exception,))
+        wait_for(probe.current_path, "the LAN device to send through the relay (seen: its path)", 60,
+                 until=relay_path_of(endpoints), explain=relay_side(release))
+        time.sleep(SETTLE_SECONDS)
+    summary = probe.summary()
+    story = f"{summary}\n{probe.timeline()}"
+    # the relay path does not go through the API server: nothing a LAN user sends may be lost (the agent keeps the
+    # relay Ready through the outage, so the load balancer keeps sending to it)
+    assert summary["lost"] == 0, f"echoes were lost while only the API server restarted:\n{story}"
+    assert summary["last_path"] == "peer-relay", f"the LAN device should end on the relay path:\n{story}"
+    assert release.pod_condition(pod)[0] == "Ready", story
+    assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT)), story

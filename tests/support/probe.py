@@ -1,0 +1,150 @@
+"""The path probe: what the LAN device sees of the workload while something happens to the cluster.
+
+ICMP echoes at a steady rate (ping -i, in the LAN device's network namespace, through the tunnel) give each reply's
+round trip and every lost echo; the path comes from the LAN device's own view of the workload, polled meanwhile
+(`tailscale status --json`: PeerRelay when it sends through a peer relay, CurAddr when direct, Relay, the DERP region,
+otherwise; ipn/ipnstate's PeerStatus, filled from magicsock's addrForSendLocked). Each echo gets the path in effect
+when it was sent. The result reads as a timeline (people) and as JSON (code, the benchmark's results).
+"""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+# iputils ping -D -O: "[1764590000.123456] 64 bytes from 100.64.0.2: icmp_seq=7 ttl=64 time=1.23 ms"
+#                     "[1764590000.323456] no answer yet for icmp_seq=8"
+REPLY = re.compile(r"^\[(?P<at>[\d.]+)\] \d+ bytes from .*icmp_seq=(?P<seq>\d+) .*time=(?P<rtt>[\d.]+) ms")
+TRANSMITTED = re.compile(r"^(?P<sent>\d+) packets transmitted")
+
+
+@dataclass(frozen=True)
+class PathSample:
+    at: float  # wall-clock seconds
+    path: str  # "peer-relay", "direct", "derp" or "none"
+    via: str  # the relay endpoint (ip:port:vni:N), the direct address or the DERP region
+
+
+@dataclass(frozen=True)
+class Echo:
+    seq: int
+    sent_s: float  # seconds since the probe started
+    rtt_ms: float | None  # None: lost
+    path: str
+    via: str
+
+
+def path_of(peer: dict) -> tuple[str, str]:
+    """The path the LAN device sends to PEER (its entry in `tailscale status --json`) on."""
+    if peer.get("PeerRelay"):
+        return "peer-relay", peer["PeerRelay"]
+    if peer.get("CurAddr"):
+        return "direct", peer["CurAddr"]
+    if peer.get("Relay"):
+        return "derp", peer["Relay"]
+    return "none", ""
+
+
+def echoes(ping_output: str, started: float, interval: float, paths: list[PathSample]) -> list[Echo]:
+    """Every echo ping sent (replied or lost), with the path in effect when it was sent: ping sends echo N at
+    STARTED + (N-1) * INTERVAL."""
+    replies, sent = {}, 0
+    for line in ping_output.splitlines():
+        if match := REPLY.match(line.strip()):
+            replies.setdefault(int(match["seq"]), float(match["rtt"]))
+        elif match := TRANSMITTED.match(line.strip()):
+            sent = int(match["sent"])
+    sent = max([sent, *replies])
+    out = []
+    for seq in range(1, sent + 1):
+        at = started + (seq - 1) * interval
+        current = [p for p in paths if p.at <= at]
+        sample = current[-1] if current else (paths[0] if paths else PathSample(at, "none", ""))
+        out.append(Echo(seq, round(at - started, 3), replies.get(seq), sample.path, sample.via))
+    return out
+
+
+def summarize(run: list[Echo], interval: float) -> dict:
+    """Echoes sent and lost, seconds not answered through a peer relay, and the relays that answered."""
+    lost = [e.seq for e in run if e.rtt_ms is None]
+    off = [e for e in run if e.rtt_ms is None or e.path != "peer-relay"]
+    return {"sent": len(run), "lost": len(lost), "lost_seqs": lost,
+            "seconds_off_relay": round(len(off) * interval, 1),
+            "relays": sorted({e.via.rsplit(":vni:", 1)[0] for e in run if e.path == "peer-relay"}),
+            "last_path": run[-1].path if run else "none"}
+
+
+def timeline(run: list[Echo]) -> str:
+    """One line per stretch of echoes on one path (lost ones apart): when, what, how many, median round trip."""
+    lines, stretch = [], []
+
+    def key(echo: Echo):
+        return ("lost", "") if echo.rtt_ms is None else (echo.path, echo.via)
+
+    def flush():
+        if not stretch:
+            return
+        what, via = key(stretch[0])
+        rtts = sorted(e.rtt_ms for e in stretch if e.rtt_ms is not None)
+        median = f", median {rtts[len(rtts) // 2]:.2f} ms" if rtts else ""
+        lines.append(f"{stretch[0].sent_s:7.1f} s to {stretch[-1].sent_s:7.1f} s  {what:<10} {via:<40} "
+                     f"{len(stretch):4d} echoes{median}")
+    for echo in run:
+        if stretch and key(echo) != key(stretch[0]):
+            flush()
+            stretch = []
+        stretch.append(echo)
+    flush()
+    return "\n".join(lines)
+
+
+class PathProbe:
+    """`with PathProbe(tailnet) as probe: <the event>`; then probe.echoes, probe.summary(), probe.timeline().
+    RATE echoes a second to the workload's tailnet IPv4 address; the path polled every PATH_EVERY seconds."""
+
+    def __init__(self, net, rate: float = 5.0, path_every: float = 0.5):
+        self.net, self.interval, self.path_every = net, 1.0 / rate, path_every
+        self.paths: list[PathSample] = []
+        self.echoes: list[Echo] = []
+        self._stop = threading.Event()
+
+    def _poll_paths(self):
+        while not self._stop.is_set():
+            try:
+                peer, _ = self.net.lan_peer(timeout=10)
+                self.paths.append(PathSample(time.time(), *path_of(peer or {})))
+            except (OSError, ValueError, subprocess.SubprocessError):  # the LAN device busy: the next poll answers
+                pass
+            self._stop.wait(self.path_every)
+
+    def __enter__(self) -> PathProbe:
+        ip = self.net.workload_ip()
+        self._poller = threading.Thread(target=self._poll_paths, daemon=True)
+        self._poller.start()
+        self.started = time.time()
+        self._ping = subprocess.Popen(["nsenter", "-t", self.net.lan_pid(), "-n", "ping", "-n", "-D", "-O", "-W", "1",
+                                       "-i", f"{self.interval:g}", ip], stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ping.send_signal(signal.SIGINT)  # ping prints its totals on SIGINT
+        output, _ = self._ping.communicate(timeout=30)
+        self._stop.set()
+        self._poller.join(timeout=30)
+        self.echoes = echoes(output, self.started, self.interval, self.paths)
+
+    def current_path(self) -> PathSample | None:
+        """The path the LAN device sends on now (the latest poll), while the probe runs."""
+        return self.paths[-1] if self.paths else None
+
+    def summary(self) -> dict:
+        return summarize(self.echoes, self.interval)
+
+    def timeline(self) -> str:
+        return timeline(self.echoes)
+
+    def to_json(self) -> dict:
+        return {"interval_s": self.interval, "summary": self.summary(), "echoes": [asdict(e) for e in self.echoes]}
