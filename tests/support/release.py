@@ -209,7 +209,9 @@ class Release:
         """UDP ports bound in the pod's network namespace, read from an ephemeral container of the hook image."""
         name = f"udp-check-{int(time.time())}"
         hook_image = os.environ["TOOLBOX_IMAGE"]
-        debug = {"name": name, "image": hook_image, "command": ["sleep", "300"], "imagePullPolicy": "IfNotPresent",
+        # it stops on SIGTERM: a plain `sleep` as its container's PID 1 would hold the pod for its grace period
+        debug = {"name": name, "image": hook_image, "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
+                 "imagePullPolicy": "IfNotPresent",
                  "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                      "runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}}
         self.core.patch_namespaced_pod_ephemeralcontainers(pod, self.namespace, {"spec": {"ephemeralContainers": [debug]}})
