@@ -28,7 +28,7 @@ from support.probe import PathProbe
 from support.release import Release
 from support.repo import REPO, versions
 from support.tailnet import Tailnet, forget_offline_relays, wait_for_no_relays
-from support.values import ci_values, deep_merge
+from support.values import deep_merge
 from support.wait import wait_for
 
 NAMESPACE = "relay-bench-event"
@@ -36,7 +36,7 @@ SEED = on_cluster("seed")
 PORT = SEED["relay"]["port"]
 NODE = f"{versions()['CLUSTER_NAME']}-control-plane"
 # how long the probe waits, after an event, for the LAN device to be back on a relay path
-TIMEOUT = 300
+TIMEOUT = 240
 SETTLE = 3
 
 
@@ -117,7 +117,7 @@ EVENTS = [("rolling upgrade", rolling_upgrade), ("relay pod deleted", pod_delete
 
 
 def values_for(replicas: int) -> dict:
-    return SEED if replicas == 1 else deep_merge(SEED, ci_values("replicas"))
+    return SEED if replicas == 1 else deep_merge(SEED, on_cluster("replicas"))
 
 
 def run(api, core, net: Tailnet, name: str, event, replicas: int) -> dict:

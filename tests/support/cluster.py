@@ -14,10 +14,11 @@ ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
 REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "AGENT_IMAGE", "TOOLBOX_IMAGE")
 # what every relay on the test cluster gets (DERP over HTTP, no log upload), also read by scripts/demo and scripts/bench
 TEST_CLUSTER_VALUES = REPO / "scripts" / "images" / "relay-values.yaml"
-# Values of a variant that the test cluster supplies its own way: the auth Secret (the cluster's key instead) and the
-# tags (the cluster's key carries tag:relay, and Headscale refuses a pre-auth key registration that asks for tags: the
-# README's Headscale section). None deletes a value, in helm's merge as in ours.
-ELSEWHERE = {"auth": {"existingSecret": None}, "tailscale": {"tags": None}}
+# Values of a variant that the test cluster supplies its own way: the credential (the variants' example key or
+# existing Secret; the cluster's key instead) and the tags (the cluster's key carries tag:relay, and Headscale refuses
+# a pre-auth key registration that asks for tags: the README's Headscale section). None deletes a value, in helm's
+# merge as in ours.
+ELSEWHERE = {"auth": {"authKey": None, "existingSecret": None}, "tailscale": {"tags": None}}
 # The write-up's fixed load balancer addresses: the test cluster's MetalLB serves them (pool "seed", given only on
 # request: scripts/images/deploy), so `ct install` installs the seed as it is, but nothing routes them to the LAN
 # device. A test that relays leaves them out and takes addresses from the routed pool.
@@ -69,9 +70,10 @@ def cluster_values() -> dict:
 
 
 def overlay() -> dict:
-    """What goes over any test variant on this cluster (ct install's extra values file): the cluster's values, with
-    ELSEWHERE's values deleted (helm deletes a None that has a default; a fixed address has none, hence the pool)."""
-    return deep_merge(cluster_values(), ELSEWHERE)
+    """What goes over any test variant on this cluster (ct install's extra values file): the cluster's values (its
+    key among them), with the rest of ELSEWHERE's values deleted (helm deletes a None where the chart has a default;
+    a fixed address has none, hence the seed pool)."""
+    return deep_merge(ELSEWHERE, cluster_values())
 
 
 def _pruned(values: dict, remove: dict) -> dict:

@@ -67,3 +67,37 @@ def test_the_benchmark_imports_the_test_support_package_as_installed(tmp_path):
     assert probe.returncode == 0, f"the support package does not import outside pytest: {probe.stderr}"
     assert probe.stdout.strip() == str(REPO / "tests" / "support" / "__init__.py")
     assert "sys.path" not in (REPO / "bench" / "relay_path.py").read_text()
+
+
+EVENTS = REPO / "bench" / "events.json"
+
+
+@pytest.fixture(scope="module")
+def events():
+    assert EVENTS.exists(), "bench/events.json is missing: run scripts/bench --events"
+    return json.loads(EVENTS.read_text())
+
+
+def test_every_event_ran_with_one_and_two_relays_and_recorded_every_echo(events):
+    runs = {(run["event"], run["replicas"]) for run in events["runs"]}
+    names = {run["event"] for run in events["runs"]}
+    assert {"rolling upgrade", "relay pod deleted", "API server restart", "MetalLB speaker restart",
+            "relay replaced by another release"} <= names, names
+    assert runs == {(name, replicas) for name in names for replicas in (1, 2)}, runs
+    for run in events["runs"]:
+        echoes = run["probe"]["echoes"]
+        assert len(echoes) == run["sent"] and [e["seq"] for e in echoes] == list(range(1, run["sent"] + 1)), run["event"]
+        assert sum(e["rtt_ms"] is None for e in echoes) == run["lost"], run["event"]
+    assert (REPO / "bench" / "events.png").stat().st_size > 10_000, "the events plot is missing"
+
+
+def event_lines(events) -> list[str]:
+    return [f"| {run['event']} | {run['replicas']} | {run['lost']} of {run['sent']} | {run['seconds_off_relay']} s | "
+            f"{'yes' if run['came_back'] and run['ready'] and run['settings_right'] else 'no'} |"
+            for run in events["runs"]]
+
+
+def test_readme_quotes_the_event_results(events):
+    readme = (REPO / "README.md").read_text()
+    missing = [line for line in event_lines(events) if line not in readme]
+    assert not missing, f"README.md does not quote bench/events.json; update README.md.gotmpl with: {missing}"

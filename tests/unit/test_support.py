@@ -54,6 +54,12 @@ def test_on_the_cluster_a_variant_loses_only_what_the_cluster_supplies_its_own_w
     assert set(ELSEWHERE) | set(UNROUTED) == {"auth", "service", "tailscale"}
 
 
+def test_on_the_cluster_a_variant_loses_its_example_key_for_the_clusters():
+    assert ci_values("replicas")["auth"]["authKey"], "the variant is complete: it has a (fake) credential"
+    assert "authKey" not in on_cluster("replicas").get("auth", {}), \
+        "the variant's fake key would go over the cluster's real one"
+
+
 def test_helms_merge_deletes_what_the_overlay_sets_to_none(tmp_path):
     # ct install puts the cluster's values over each variant as a second values file: its None must delete there too
     overlay = tmp_path / "overlay.yaml"
