@@ -48,11 +48,6 @@ def all_endpoints(relay: Release, replicas: int) -> set[str]:
     return set().union(*(relay.service_endpoints(i, PORT) for i in range(replicas)))
 
 
-def on_relay(probe: PathProbe, endpoints: set[str]) -> bool:
-    sample = probe.current_path()
-    return sample is not None and sample.path == "peer-relay" and sample.via.rsplit(":vni:", 1)[0] in endpoints
-
-
 def node_exec(*command: str) -> None:
     subprocess.run(["docker", "exec", NODE, *command], check=True, capture_output=True, timeout=120)
 
@@ -142,7 +137,7 @@ def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release)
         after = event(relay, replicas, core)
         event_s = round(time.monotonic() - started, 1)
         wanted = all_endpoints(after, replicas)
-        came_back = wait("the LAN device back on a relay path", lambda: on_relay(probe, wanted))
+        came_back = wait("the LAN device answered through a relay again", lambda: probe.relayed_again(wanted))
         time.sleep(SETTLE)
     ready = all(after.pod_condition(after.pod(i))[0] == "Ready" for i in range(replicas))
     settings = all(after.relay_settings(after.pod(i)) == (str(PORT), after.service_endpoints(i, PORT))

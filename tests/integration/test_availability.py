@@ -26,12 +26,6 @@ PORT = SEED["relay"]["port"]
 SETTLE_SECONDS = 3
 
 
-def relay_path_of(endpoints: set[str]):
-    """A path sample predicate: the LAN device sends through a relay at one of ENDPOINTS."""
-    return lambda sample: sample is not None and sample.path == "peer-relay" and \
-        sample.via.rsplit(":vni:", 1)[0] in endpoints
-
-
 def test_a_rolling_upgrade_of_one_relay_comes_back_to_a_relay_path_by_itself(release, tailnet):
     release.install(SEED)
     pod = release.pod(0)
@@ -42,8 +36,8 @@ def test_a_rolling_upgrade_of_one_relay_comes_back_to_a_relay_path_by_itself(rel
         # a change to the pod template: the StatefulSet replaces the one relay pod (helm waits for the rollout)
         release.upgrade(deep_merge(SEED, {"podAnnotations": {"example.com/rollout": "2"}}))
         release.wait_replaced(pod, old_uid)
-        wait_for(probe.current_path, "the LAN device to send through the relay again (seen: its path)", 180,
-                 until=relay_path_of(endpoints), explain=relay_side(release))
+        wait_for(probe.current_path, "the LAN device to be answered through the relay again (seen: its path)", 180,
+                 until=lambda _: probe.relayed_again(endpoints), explain=relay_side(release))
         time.sleep(SETTLE_SECONDS)
     summary = probe.summary()
     story = f"{summary}\n{probe.timeline()}"
@@ -68,8 +62,8 @@ def test_an_api_server_restart_does_not_interrupt_the_relay_path(release, tailne
         time.sleep(2)
         wait_for(lambda: core.list_namespace(limit=1, _request_timeout=5), "the API server to answer again", 180,
                  tolerate=(Exception,))
-        wait_for(probe.current_path, "the LAN device to send through the relay (seen: its path)", 60,
-                 until=relay_path_of(endpoints), explain=relay_side(release))
+        wait_for(probe.current_path, "the LAN device to be answered through the relay (seen: its path)", 60,
+                 until=lambda _: probe.relayed_again(endpoints), explain=relay_side(release))
         time.sleep(SETTLE_SECONDS)
     summary = probe.summary()
     story = f"{summary}\n{probe.timeline()}"

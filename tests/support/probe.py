@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass
 #                     "[1764590000.323456] no answer yet for icmp_seq=8"
 REPLY = re.compile(r"^\[(?P<at>[\d.]+)\] \d+ bytes from .*icmp_seq=(?P<seq>\d+) .*time=(?P<rtt>[\d.]+) ms")
 TRANSMITTED = re.compile(r"^(?P<sent>\d+) packets transmitted")
+NO_ANSWER = re.compile(r"^\[[\d.]+\] no answer yet for icmp_seq=(?P<seq>\d+)")
+# an echo sent less than this long ago may still be answered
+IN_FLIGHT = 1.5
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ def echoes(ping_output: str, started: float, interval: float, paths: list[PathSa
             replies.setdefault(int(match["seq"]), float(match["rtt"]))
         elif match := TRANSMITTED.match(line.strip()):
             sent = int(match["sent"])
+        elif match := NO_ANSWER.match(line.strip()):
+            sent = max(sent, int(match["seq"]))
     sent = max([sent, *replies])
     out = []
     for seq in range(1, sent + 1):
@@ -120,25 +125,43 @@ class PathProbe:
                 pass
             self._stop.wait(self.path_every)
 
+    def _read(self):
+        for line in self._ping.stdout:
+            self._lines.append(line)
+
     def __enter__(self) -> PathProbe:
         ip = self.net.workload_ip()
         self._poller = threading.Thread(target=self._poll_paths, daemon=True)
         self._poller.start()
         self.started = time.time()
+        self._lines: list[str] = []
         self._ping = subprocess.Popen(["nsenter", "-t", self.net.lan_pid(), "-n", "ping", "-n", "-D", "-O", "-W", "1",
                                        "-i", f"{self.interval:g}", ip], stdout=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._ping.send_signal(signal.SIGINT)  # ping prints its totals on SIGINT
-        output, _ = self._ping.communicate(timeout=30)
+        self._ping.wait(timeout=30)
+        self._reader.join(timeout=30)
         self._stop.set()
         self._poller.join(timeout=30)
-        self.echoes = echoes(output, self.started, self.interval, self.paths)
+        self.echoes = echoes("".join(self._lines), self.started, self.interval, self.paths)
 
     def current_path(self) -> PathSample | None:
         """The path the LAN device sends on now (the latest poll), while the probe runs."""
         return self.paths[-1] if self.paths else None
+
+    def relayed_again(self, endpoints: set[str], count: int = 5) -> bool:
+        """While the probe runs: whether the last COUNT echoes whose answer is due (sent over IN_FLIGHT seconds ago)
+        were all answered, each sent while the LAN device sent through a relay at one of ENDPOINTS (ip:port). The
+        LAN device's status alone is not enough: it names a relay path until that path's trust runs out (6.5 s after
+        its last pong, magicsock trustUDPAddrDuration), dead or not."""
+        due = [e for e in echoes("".join(self._lines), self.started, self.interval, list(self.paths))
+               if e.sent_s < time.time() - self.started - IN_FLIGHT][-count:]
+        return len(due) == count and all(e.rtt_ms is not None and e.path == "peer-relay"
+                                         and e.via.rsplit(":vni:", 1)[0] in endpoints for e in due)
 
     def summary(self) -> dict:
         return summarize(self.echoes, self.interval)

@@ -55,3 +55,23 @@ def test_the_timeline_has_one_line_per_stretch_on_one_path():
     assert [line.split()[5] for line in lines] == ["peer-relay", "lost", "derp", "peer-relay", "lost"]
     assert "2 echoes, median 1.30 ms" in lines[0]
     assert lines[1].split()[:5] == ["0.4", "s", "to", "0.6", "s"] and "2 echoes" in lines[1]
+
+
+def test_while_running_an_unanswered_echo_counts_as_lost():
+    live = PING.split("\n\n---")[0] + "\n[1001.400000] no answer yet for icmp_seq=8\n"
+    assert [e.seq for e in echoes(live, STARTED, 0.2, PATHS)][-1] == 8
+
+
+@pytest.mark.parametrize("lines, back", [
+    (PING.split("\n\n---")[0], False),  # the last due echoes: one lost (seq 3, 4), one via DERP (5)
+    ("".join(f"[{1000 + 0.2 * i + 0.001:.6f}] 64 bytes from 100.64.0.2: icmp_seq={i + 1} ttl=64 time=1.2 ms\n"
+             for i in range(10)), True),
+], ids=["lost and DERP", "five answered through the relay"])
+def test_relayed_again_needs_answered_echoes_sent_through_the_relay(lines, back, monkeypatch):
+    from support import probe as module
+
+    probe = module.PathProbe(net=None)
+    probe.started, probe._lines = STARTED, [lines]
+    probe.paths = [PathSample(999.0, "peer-relay", "[fc00:f853:ccd:e793::c8]:61441:vni:7")] if back else PATHS
+    monkeypatch.setattr(module.time, "time", lambda: STARTED + 4.0)
+    assert probe.relayed_again({"[fc00:f853:ccd:e793::c8]:61441", "172.18.255.200:61441"}) is back
