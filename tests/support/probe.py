@@ -142,12 +142,15 @@ class PathProbe:
         return self
 
     def __exit__(self, *exc) -> None:
+        stopped = time.time()
         self._ping.send_signal(signal.SIGINT)  # ping prints its totals on SIGINT
         self._ping.wait(timeout=30)
         self._reader.join(timeout=30)
         self._stop.set()
         self._poller.join(timeout=30)
-        self.echoes = echoes("".join(self._lines), self.started, self.interval, self.paths)
+        # the echoes still in flight when ping stopped were cut off, not lost
+        self.echoes = [e for e in echoes("".join(self._lines), self.started, self.interval, self.paths)
+                       if e.rtt_ms is not None or e.sent_s < stopped - self.started - IN_FLIGHT]
 
     def current_path(self) -> PathSample | None:
         """The path the LAN device sends on now (the latest poll), while the probe runs."""

@@ -75,3 +75,20 @@ def test_relayed_again_needs_answered_echoes_sent_through_the_relay(lines, back,
     probe.paths = [PathSample(999.0, "peer-relay", "[fc00:f853:ccd:e793::c8]:61441:vni:7")] if back else PATHS
     monkeypatch.setattr(module.time, "time", lambda: STARTED + 4.0)
     assert probe.relayed_again({"[fc00:f853:ccd:e793::c8]:61441", "172.18.255.200:61441"}) is back
+
+
+def test_echoes_still_in_flight_when_the_probe_stops_are_not_counted_lost(monkeypatch):
+    from support import probe as module
+
+    class Stopped:  # ping, thread: already done
+        def send_signal(self, _): pass
+        def wait(self, timeout=None): pass
+        def join(self, timeout=None): pass
+    probe = module.PathProbe(net=None)
+    probe.started, probe._lines, probe.paths = STARTED, [PING], PATHS
+    probe._ping = probe._reader = probe._poller = Stopped()
+    # stopped 1.3 s after echo 7 was sent: its answer was still due (echoes 3 and 4 were due long before)
+    monkeypatch.setattr(module.time, "time", lambda: STARTED + 2.5)
+    probe.__exit__(None, None, None)
+    assert [e.seq for e in probe.echoes] == [1, 2, 3, 4, 5, 6]
+    assert probe.summary()["lost_seqs"] == [3, 4]
