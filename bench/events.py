@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from support.cluster import on_cluster
+from support.cluster import on_cluster, stop_api_server
 from support.probe import PathProbe
 from support.release import Release
 from support.repo import REPO, versions
@@ -34,7 +33,6 @@ from support.wait import wait_for
 NAMESPACE = "relay-bench-event"
 SEED = on_cluster("seed")
 PORT = SEED["relay"]["port"]
-NODE = f"{versions()['CLUSTER_NAME']}-control-plane"
 # how long the probe waits, after an event, for the LAN device to be back on a relay path
 TIMEOUT = 240
 SETTLE = 3
@@ -46,10 +44,6 @@ def log(message: str) -> None:
 
 def all_endpoints(relay: Release, replicas: int) -> set[str]:
     return set().union(*(relay.service_endpoints(i, PORT) for i in range(replicas)))
-
-
-def node_exec(*command: str) -> None:
-    subprocess.run(["docker", "exec", NODE, *command], check=True, capture_output=True, timeout=120)
 
 
 def api_answers(core: client.CoreV1Api) -> bool:
@@ -85,7 +79,7 @@ def pod_deleted(relay, replicas, core):
 
 def api_server_restart(relay, replicas, core):
     """The API server's static pod restarts (a control-plane upgrade): its container stopped, the kubelet starts it."""
-    node_exec("sh", "-c", "crictl stop $(crictl ps -q --name kube-apiserver)")
+    stop_api_server()
     time.sleep(2)
     wait("the API server to answer again", lambda: api_answers(core))
     return relay

@@ -28,7 +28,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 # the test support package, installed into .venv by scripts/setup (an editable install of this repository)
-from support.cluster import cluster_values, on_cluster
+from support.cluster import cluster_values, control_plane_node, on_cluster
 from support.release import Release
 from support.repo import REPO, versions
 from support.tailnet import Pong, Tailnet, wait_for_no_relays
@@ -37,7 +37,7 @@ NAMESPACE = "relay-bench"
 # the write-up's setup (chart/ci/seed-values.yaml) as the test cluster installs it
 SEED = on_cluster("seed")
 PORT = SEED["relay"]["port"]
-NODE = f"{os.environ.get('KIND_CLUSTER_NAME', versions()['CLUSTER_NAME'])}-control-plane"
+NODE = control_plane_node()
 
 
 def log(message: str) -> None:

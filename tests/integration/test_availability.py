@@ -4,15 +4,12 @@ of this release, its settings right, Ready, with no help). Lost echoes and secon
 failure message and the timeline, not asserted: timings belong to the benchmark."""
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 
 import pytest
 
-from support.cluster import on_cluster
+from support.cluster import on_cluster, stop_api_server
 from support.probe import PathProbe
-from support.repo import versions
 from support.tailnet import relay_side, relayed
 from support.values import deep_merge
 from support.wait import wait_for
@@ -26,50 +23,59 @@ PORT = SEED["relay"]["port"]
 SETTLE_SECONDS = 3
 
 
-def test_a_rolling_upgrade_of_one_relay_comes_back_to_a_relay_path_by_itself(release, tailnet):
+def relaying(release, tailnet) -> set[str]:
+    """Installs the seed and waits until the LAN device relays through it; its endpoints."""
     release.install(SEED)
-    pod = release.pod(0)
     endpoints = release.service_endpoints(0, PORT)
     tailnet.ping_until(relayed(endpoints), 180, f"the relay at {sorted(endpoints)}", relay_side(release))
+    return endpoints
+
+
+def wait_relayed_again(probe, release, endpoints: set[str], timeout: int) -> None:
+    """Waits until the LAN device is answered through the release's relay again, then lets the probe see it a while."""
+    wait_for(probe.current_path, "the LAN device to be answered through the relay again (seen: its path)", timeout,
+             until=lambda _: probe.relayed_again(endpoints), explain=relay_side(release))
+    time.sleep(SETTLE_SECONDS)
+
+
+def story_of(probe) -> tuple[dict, str]:
+    """The probe's summary, and the summary with the timeline for a failure message."""
+    summary = probe.summary()
+    return summary, f"{summary}\n{probe.timeline()}"
+
+
+def assert_relay_right(release, story: str) -> None:
+    pod = release.pod(0)
+    assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT)), story
+    assert release.pod_condition(pod)[0] == "Ready", story
+
+
+def test_a_rolling_upgrade_of_one_relay_comes_back_to_a_relay_path_by_itself(release, tailnet):
+    endpoints = relaying(release, tailnet)
+    pod = release.pod(0)
     old_uid = release.pod_condition(pod)[1]
     with PathProbe(tailnet) as probe:
         # a change to the pod template: the StatefulSet replaces the one relay pod (helm waits for the rollout)
         release.upgrade(deep_merge(SEED, {"podAnnotations": {"example.com/rollout": "2"}}))
         release.wait_replaced(pod, old_uid)
-        wait_for(probe.current_path, "the LAN device to be answered through the relay again (seen: its path)", 180,
-                 until=lambda _: probe.relayed_again(endpoints), explain=relay_side(release))
-        time.sleep(SETTLE_SECONDS)
-    summary = probe.summary()
-    story = f"{summary}\n{probe.timeline()}"
+        wait_relayed_again(probe, release, endpoints, 180)
+    summary, story = story_of(probe)
     assert summary["last_path"] == "peer-relay", f"the LAN device should end on the relay path:\n{story}"
     assert set(summary["relays"]) <= endpoints, f"only this release's relay should have answered:\n{story}"
-    assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT)), story
-    assert release.pod_condition(pod)[0] == "Ready", story
+    assert_relay_right(release, story)
 
 
 def test_an_api_server_restart_does_not_interrupt_the_relay_path(release, tailnet, core):
-    release.install(SEED)
-    pod = release.pod(0)
-    endpoints = release.service_endpoints(0, PORT)
-    tailnet.ping_until(relayed(endpoints), 180, f"the relay at {sorted(endpoints)}", relay_side(release))
-    node = f"{os.environ.get('KIND_CLUSTER_NAME', versions()['CLUSTER_NAME'])}-control-plane"
+    endpoints = relaying(release, tailnet)
     with PathProbe(tailnet) as probe:
-        # the API server's static pod restarts, as in a control-plane upgrade: its container stopped, the kubelet
-        # starts it again
-        stopped = subprocess.run(["docker", "exec", node, "sh", "-c", "crictl stop $(crictl ps -q --name kube-apiserver)"],
-                                 capture_output=True, text=True, timeout=120)
-        assert stopped.returncode == 0, f"could not stop the API server: {stopped.stderr}"
+        stop_api_server()
         time.sleep(2)
         wait_for(lambda: core.list_namespace(limit=1, _request_timeout=5), "the API server to answer again", 180,
                  tolerate=(Exception,))
-        wait_for(probe.current_path, "the LAN device to be answered through the relay (seen: its path)", 60,
-                 until=lambda _: probe.relayed_again(endpoints), explain=relay_side(release))
-        time.sleep(SETTLE_SECONDS)
-    summary = probe.summary()
-    story = f"{summary}\n{probe.timeline()}"
+        wait_relayed_again(probe, release, endpoints, 60)
+    summary, story = story_of(probe)
     # the relay path does not go through the API server: nothing a LAN user sends may be lost (the agent keeps the
     # relay Ready through the outage, so the load balancer keeps sending to it)
     assert summary["lost"] == 0, f"echoes were lost while only the API server restarted:\n{story}"
     assert summary["last_path"] == "peer-relay", f"the LAN device should end on the relay path:\n{story}"
-    assert release.pod_condition(pod)[0] == "Ready", story
-    assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT)), story
+    assert_relay_right(release, story)

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import yaml
 
-from support.cluster import overlay
-from support.repo import CHART, REPO, TOOLS, versions
+from support.cluster import control_plane_node, overlay
+from support.repo import CHART, REPO, TOOLS
 from support.values import ci_value_names
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def kubectl_dir(kube_api, tmp_path):
     """A directory with kubectl, which ct runs to create and delete its namespaces: the cluster's own, copied from its
     control-plane node (the offline node image builds it from the Go module proxy with the rest of Kubernetes)."""
-    node = f"{os.environ.get('KIND_CLUSTER_NAME', versions()['CLUSTER_NAME'])}-control-plane"
+    node = control_plane_node()
     out = tmp_path / "bin"
     out.mkdir()
     copied = subprocess.run(["docker", "cp", f"{node}:/usr/bin/kubectl", str(out / "kubectl")], capture_output=True,

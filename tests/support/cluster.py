@@ -3,11 +3,12 @@ images, key and control server, layered over a test variant by one rule."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import yaml
 
-from support.repo import REPO
+from support.repo import REPO, versions
 from support.values import ci_values, deep_merge
 
 ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
@@ -90,3 +91,17 @@ def on_cluster(name: str) -> dict:
     """Test variant NAME (chart/ci/NAME-values.yaml) without ELSEWHERE's and UNROUTED's values: what a test installs
     (over cluster_values, as Release does) to run that setup on this cluster, reached from the LAN device."""
     return _pruned(_pruned(ci_values(name), ELSEWHERE), UNROUTED)
+
+
+def control_plane_node() -> str:
+    """The kind control-plane node's container name (KIND_CLUSTER_NAME, or the pinned CLUSTER_NAME)."""
+    return f"{os.environ.get('KIND_CLUSTER_NAME', versions()['CLUSTER_NAME'])}-control-plane"
+
+
+def stop_api_server() -> None:
+    """Stops the API server's static pod container on the control-plane node, as a control-plane upgrade restarts it;
+    the kubelet starts it again."""
+    stopped = subprocess.run(["docker", "exec", control_plane_node(), "sh", "-c",
+                              "crictl stop $(crictl ps -q --name kube-apiserver)"],
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, f"could not stop the API server: {stopped.stderr}"

@@ -39,6 +39,11 @@ class Echo:
     path: str
     via: str
 
+    @property
+    def relay_endpoint(self) -> str | None:
+        """The relay's address (ip:port, as the relay advertises it) when the echo went through a peer relay."""
+        return self.via.rsplit(":vni:", 1)[0] if self.path == "peer-relay" else None
+
 
 def path_of(peer: dict) -> tuple[str, str]:
     """The path the LAN device sends to PEER (its entry in `tailscale status --json`) on."""
@@ -78,7 +83,7 @@ def summarize(run: list[Echo], interval: float) -> dict:
     off = [e for e in run if e.rtt_ms is None or e.path != "peer-relay"]
     return {"sent": len(run), "lost": len(lost), "lost_seqs": lost,
             "seconds_off_relay": round(len(off) * interval, 1),
-            "relays": sorted({e.via.rsplit(":vni:", 1)[0] for e in run if e.path == "peer-relay"}),
+            "relays": sorted({e.relay_endpoint for e in run if e.relay_endpoint}),
             "last_path": run[-1].path if run else "none"}
 
 
@@ -163,8 +168,7 @@ class PathProbe:
         its last pong, magicsock trustUDPAddrDuration), dead or not."""
         due = [e for e in echoes("".join(self._lines), self.started, self.interval, list(self.paths))
                if e.sent_s < time.time() - self.started - IN_FLIGHT][-count:]
-        return len(due) == count and all(e.rtt_ms is not None and e.path == "peer-relay"
-                                         and e.via.rsplit(":vni:", 1)[0] in endpoints for e in due)
+        return len(due) == count and all(e.rtt_ms is not None and e.relay_endpoint in endpoints for e in due)
 
     def summary(self) -> dict:
         return summarize(self.echoes, self.interval)

@@ -118,7 +118,7 @@ class Release:
     def wait_replaced(self, pod: str, old_uid: str, timeout: int = 180) -> client.V1Pod:
         """Waits until POD is a new pod (not OLD_UID) and Ready: after a deletion the StatefulSet made the next one."""
         wait_for(lambda: self.pod_condition(pod), f"relay pod {pod} to be replaced by a new pod that is Ready (seen: "
-                 "its state and uid)", timeout, until=lambda seen: seen == ("Ready", seen[1]) and seen[1] != old_uid,
+                 "its state and uid)", timeout, until=lambda seen: seen[0] == "Ready" and seen[1] != old_uid,
                  explain=self.describe)
         return self.core.read_namespaced_pod(pod, self.namespace)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import yaml
 
@@ -125,19 +125,18 @@ def names_in(manifests: list[dict]) -> ChartNames:
     relay_account = sts["spec"]["template"]["spec"]["serviceAccountName"]
     binding = next(m for m in find(manifests, "RoleBinding")
                    if any(subject["name"] == relay_account for subject in m["subjects"]))
+    names = ChartNames(fullname=sts["metadata"]["name"],
+                       relay_account=relay_account,
+                       relay_binding=binding["metadata"]["name"],
+                       hook_account=hook["spec"]["template"]["spec"]["serviceAccountName"],
+                       auth_secret="",
+                       test_pod=tests[0]["metadata"]["name"] if tests else "",
+                       socket=relay["TS_SOCKET"],
+                       _state_secret=relay["TS_KUBE_SECRET"],
+                       _status_configmap=agent["STATUS_CONFIGMAP"])
     # the Secret the chart keeps the credential in (state-secrets.yaml makes the others, one per replica)
-    state = relay["TS_KUBE_SECRET"]
-    secrets = [m for m in find(manifests, "Secret")
-               if m["metadata"]["name"] != state.replace("$(POD_INDEX)", m["metadata"]["name"].rsplit("-", 1)[-1])]
-    return ChartNames(fullname=sts["metadata"]["name"],
-                      relay_account=relay_account,
-                      relay_binding=binding["metadata"]["name"],
-                      hook_account=hook["spec"]["template"]["spec"]["serviceAccountName"],
-                      auth_secret=secrets[0]["metadata"]["name"] if secrets else "",
-                      test_pod=tests[0]["metadata"]["name"] if tests else "",
-                      socket=relay["TS_SOCKET"],
-                      _state_secret=relay["TS_KUBE_SECRET"],
-                      _status_configmap=agent["STATUS_CONFIGMAP"])
+    auth = [m["metadata"]["name"] for m in find(manifests, "Secret") if not names.is_state_secret(m["metadata"]["name"])]
+    return replace(names, auth_secret=auth[0] if auth else "")
 
 
 @functools.cache
