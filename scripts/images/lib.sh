@@ -175,6 +175,15 @@ new_authkey() {
 }
 
 # headscale_user_id -> id of $HEADSCALE_USER (created if missing)
+# hs_forget_node NAME: deletes Headscale's nodes named NAME (none: nothing to do)
+hs_forget_node() {
+  local id
+  for id in $(hs nodes list -o json | python3 -c 'import json, sys
+print(*[n["id"] for n in json.load(sys.stdin) or [] if n.get("given_name") == sys.argv[1]])' "$1"); do
+    hs nodes delete --identifier "$id" --force >/dev/null && log "headscale: forgot the earlier node $1 (id $id)"
+  done
+}
+
 headscale_user_id() {
   local id
   pick() { hs users list -o json | python3 -c 'import json,sys; print(next((str(u["id"]) for u in json.load(sys.stdin) or [] if u["name"]==sys.argv[1]), ""))' "$HEADSCALE_USER"; }
