@@ -84,11 +84,10 @@ def keep_namespace_evidence(core, namespace: str, test_id: str) -> Path:
     return out
 
 
-@pytest.fixture
-def namespace(request, core):
-    """A fresh namespace, deleted after the test, waiting until its pods are gone, so the next test finds nothing of
-    this one running; when the test failed, its pods' logs and the namespace's events are kept first
-    (keep_namespace_evidence)."""
+def fresh_namespace(request, core):
+    """A fresh namespace for the test REQUEST names, deleted afterwards, waiting until its pods are gone, so the next
+    test finds nothing of this one running; when the test failed, its pods' logs and the namespace's events are kept
+    first (keep_namespace_evidence). A generator: the fixtures below yield its name."""
     from kubernetes import client
 
     name = f"it-{uuid.uuid4().hex[:8]}"
@@ -97,7 +96,7 @@ def namespace(request, core):
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
         try:
-            kept = keep_namespace_evidence(core, name, request.node.nodeid)
+            kept = keep_namespace_evidence(core, name, f"{request.node.nodeid}-{name}")
             print(f"\nlogs and events of namespace {name} kept in {kept}")
         except Exception as error:  # keeping evidence must not hide the failure itself
             print(f"\ncould not keep the evidence of namespace {name}: {error}")
@@ -107,6 +106,18 @@ def namespace(request, core):
     # requeues its cleanup: about 10 s here, which 60-odd tests would pay again each).
     wait_for(lambda: [f"{p.metadata.name} {p.status.phase}" for p in core.list_namespaced_pod(name).items],
              f"the pods of namespace {name} to be gone (seen: the pods left)", 300, until=lambda left: not left)
+
+
+@pytest.fixture
+def namespace(request, core):
+    """The test's namespace (fresh_namespace): its release goes here."""
+    yield from fresh_namespace(request, core)
+
+
+@pytest.fixture
+def other_namespace(request, core):
+    """A second fresh namespace (fresh_namespace), for what runs beside the release: a neighbour's pods."""
+    yield from fresh_namespace(request, core)
 
 
 @pytest.fixture
