@@ -8,7 +8,9 @@ sent and lost, seconds off the relay, whether it came back by itself, with its s
 echo) and bench/events.png (round trip and path over time, per run). It measures and records; it asserts nothing
 (tests/integration/test_availability.py asserts what must hold).
 
-Events that need more than one node (a drain, a node lost) wait for the multi-node test cluster (issue 17).
+The cluster has two nodes (scripts/cluster: a control plane that runs workloads, and a worker). The node events (a
+drain, a node lost) hit the worker, and the LAN device is first made to relay through a relay there
+(support.tailnet.relay_through_node), so they hit the relay in use and the API server stays up.
 """
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from support.cluster import on_cluster, stop_api_server
+from support.cluster import drain, on_cluster, start_node, stop_api_server, stop_node, uncordon, worker_node
 from support.probe import PathProbe
 from support.release import Release
 from support.repo import REPO, versions
-from support.tailnet import Tailnet, forget_offline_relays, wait_for_no_relays
+from support.tailnet import Tailnet, forget_offline_relays, relay_through_node, wait_for_no_relays
 from support.values import deep_merge
 from support.wait import wait_for
 
@@ -36,6 +38,9 @@ PORT = SEED["relay"]["port"]
 # how long the probe waits, after an event, for the LAN device to be back on a relay path
 TIMEOUT = 240
 SETTLE = 3
+# how long a lost node stays away: past the controller-manager's node-monitor-grace-period (40 s), so the node is
+# NotReady and its endpoints leave the Services before it comes back
+NODE_AWAY_S = 60
 
 
 def log(message: str) -> None:
@@ -100,9 +105,39 @@ def relay_replaced(relay, replicas, core):
     return other
 
 
+def node_drained(relay, replicas, core):
+    """kubectl drain of the node whose relay the LAN device uses (its relay evicted through the PodDisruptionBudget
+    and made again on another node), then kubectl uncordon: the maintenance is over."""
+    drain(worker_node())
+    uncordon(worker_node())
+    return relay
+
+
+def node_lost(relay, replicas, core):
+    """The node whose relay the LAN device uses is lost (its kind container stopped) for NODE_AWAY_S, then comes back
+    and is Ready again. A StatefulSet does not make a lost node's pod again elsewhere (at most one pod per identity)."""
+    node = worker_node()
+    on_node = [relay.pod(i) for i in range(replicas)
+               if core.read_namespaced_pod(relay.pod(i), relay.namespace).spec.node_name == node]
+    stop_node(node)
+    time.sleep(NODE_AWAY_S)
+    back = datetime.datetime.now(datetime.timezone.utc)
+    start_node(node)
+    for pod in on_node:  # restarted by the node's kubelet (the API shows the Ready of before until then)
+        try:
+            relay.wait_ready_since(pod, back)
+        except pytest.fail.Exception as failed:
+            log(str(failed))
+    return relay
+
+
+# events on the worker: the LAN device relays through a relay there first
+ON_WORKER = {node_drained, node_lost}
+
 EVENTS = [("rolling upgrade", rolling_upgrade), ("relay pod deleted", pod_deleted),
           ("API server restart", api_server_restart), ("MetalLB speaker restart", speaker_restart),
-          ("relay replaced by another release", relay_replaced)]
+          ("relay replaced by another release", relay_replaced), ("node drained", node_drained),
+          ("node lost for a minute", node_lost)]
 
 
 def values_for(replicas: int) -> dict:
@@ -124,8 +159,11 @@ def run(api, core, net: Tailnet, name: str, event, replicas: int) -> dict:
 
 def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release) -> dict:
     relay.install(values_for(replicas))
-    endpoints = all_endpoints(relay, replicas)
-    net.ping_until(lambda pong: pong.relay_endpoint in endpoints, 300, "the relay")
+    if event in ON_WORKER:
+        relay_through_node(net, relay, replicas, PORT, worker_node())
+    else:
+        endpoints = all_endpoints(relay, replicas)
+        net.ping_until(lambda pong: pong.relay_endpoint in endpoints, 300, "the relay")
     started = time.monotonic()
     with PathProbe(net) as probe:
         after = event(relay, replicas, core)
@@ -188,7 +226,7 @@ def main() -> None:
     pins = versions()
     results = {"environment": {"date": datetime.date.today().isoformat(), "tailscale": pins["TAILSCALE_VERSION"],
                                "headscale": pins["HEADSCALE_VERSION"], "kubernetes": pins["KUBERNETES_VERSION"],
-                               "nodes": 1, "echoes_per_second": 5, "timeout_s": TIMEOUT,
+                               "nodes": 1 + int(pins["CLUSTER_WORKERS"]), "echoes_per_second": 5, "timeout_s": TIMEOUT,
                                "command": "scripts/bench --events"},
                "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -4,13 +4,14 @@ of this release, its settings right, Ready, with no help). Lost echoes and secon
 failure message and the timeline, not asserted: timings belong to the benchmark."""
 from __future__ import annotations
 
+import datetime
 import time
 
 import pytest
 
-from support.cluster import on_cluster, stop_api_server
+from support.cluster import drain, on_cluster, start_node, stop_api_server, stop_node, uncordon, worker_node
 from support.probe import PathProbe
-from support.tailnet import relay_side, relayed
+from support.tailnet import relay_side, relay_through_node, relayed
 from support.values import deep_merge
 from support.wait import wait_for
 
@@ -19,6 +20,8 @@ pytestmark = pytest.mark.integration
 # the write-up's setup (chart/ci/seed-values.yaml) on the test cluster
 SEED = on_cluster("seed")
 PORT = SEED["relay"]["port"]
+# the seed with two relays, one per node (chart/ci/replicas-values.yaml)
+TWO_RELAYS = deep_merge(SEED, on_cluster("replicas"))
 # the echoes kept going once the LAN device is back on a relay path, so the timeline shows it answering there
 SETTLE_SECONDS = 3
 
@@ -44,10 +47,16 @@ def story_of(probe) -> tuple[dict, str]:
     return summary, f"{summary}\n{probe.timeline()}"
 
 
-def assert_relay_right(release, story: str) -> None:
-    pod = release.pod(0)
-    assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(0, PORT)), story
-    assert release.pod_condition(pod)[0] == "Ready", story
+def assert_relay_right(release, story: str, replicas: int = 1) -> None:
+    for index in range(replicas):
+        pod = release.pod(index)
+        assert release.pod_condition(pod)[0] == "Ready", f"{pod} should be Ready again:\n{story}"
+        assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(index, PORT)), \
+            f"{pod} should advertise its own Service's addresses again:\n{story}"
+
+
+def every_endpoint(release, replicas: int) -> set[str]:
+    return set().union(*(release.service_endpoints(i, PORT) for i in range(replicas)))
 
 
 def test_a_rolling_upgrade_of_one_relay_comes_back_to_a_relay_path_by_itself(release, tailnet):
@@ -79,3 +88,39 @@ def test_an_api_server_restart_does_not_interrupt_the_relay_path(release, tailne
     assert summary["lost"] == 0, f"echoes were lost while only the API server restarted:\n{story}"
     assert summary["last_path"] == "peer-relay", f"the LAN device should end on the relay path:\n{story}"
     assert_relay_right(release, story)
+
+
+def test_a_drain_of_the_node_whose_relay_is_in_use_leaves_the_lan_on_a_relay_path(release, tailnet):
+    release.install(TWO_RELAYS)
+    node = worker_node()
+    relay_through_node(tailnet, release, 2, PORT, node)
+    with PathProbe(tailnet) as probe:
+        # the relay there is evicted through the PodDisruptionBudget and made again on the other node
+        drain(node)
+        uncordon(node)
+        wait_relayed_again(probe, release, every_endpoint(release, 2), 180)
+    summary, story = story_of(probe)
+    assert summary["last_path"] == "peer-relay", f"the LAN device should end on a relay path:\n{story}"
+    assert set(summary["relays"]) <= every_endpoint(release, 2), f"only this release's relays should answer:\n{story}"
+    assert_relay_right(release, story, replicas=2)
+
+
+def test_a_lost_node_leaves_the_lan_on_the_other_nodes_relay_and_its_own_comes_back(release, tailnet):
+    release.install(TWO_RELAYS)
+    node = worker_node()
+    lost, _ = relay_through_node(tailnet, release, 2, PORT, node)
+    survivor = release.service_endpoints(1 - lost, PORT)
+    with PathProbe(tailnet) as probe:
+        stop_node(node)
+        try:
+            # the lost node's relay does not answer and is not made again elsewhere (a StatefulSet's pod identity is
+            # the lost node's until that node is back or deleted): the LAN device must find the other relay
+            wait_relayed_again(probe, release, survivor, 180)
+        finally:
+            back = datetime.datetime.now(datetime.timezone.utc)
+            start_node(node)
+        # its relay, restarted by the node's kubelet, is Ready and relays again by itself
+        release.wait_ready_since(release.pod(lost), back)
+    summary, story = story_of(probe)
+    assert summary["last_path"] == "peer-relay", f"the LAN device should end on a relay path:\n{story}"
+    assert_relay_right(release, story, replicas=2)

@@ -93,9 +93,51 @@ def on_cluster(name: str) -> dict:
     return _pruned(_pruned(ci_values(name), ELSEWHERE), UNROUTED)
 
 
+def _cluster_name() -> str:
+    return os.environ.get("KIND_CLUSTER_NAME", versions()["CLUSTER_NAME"])
+
+
 def control_plane_node() -> str:
-    """The kind control-plane node's container name (KIND_CLUSTER_NAME, or the pinned CLUSTER_NAME)."""
-    return f"{os.environ.get('KIND_CLUSTER_NAME', versions()['CLUSTER_NAME'])}-control-plane"
+    """The kind control-plane node's container name (KIND_CLUSTER_NAME, or the pinned CLUSTER_NAME); also its
+    Kubernetes node name."""
+    return f"{_cluster_name()}-control-plane"
+
+
+def worker_node() -> str:
+    """The first kind worker's container and node name (scripts/cluster makes CLUSTER_WORKERS of them): the node the
+    availability events drain and stop, so that the control plane (and the API server) stays up."""
+    return f"{_cluster_name()}-worker"
+
+
+def in_control_plane(*command: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """kubectl COMMAND as the cluster's admin, run on the control-plane node (its kubectl: this host need not have
+    one)."""
+    return subprocess.run(["docker", "exec", control_plane_node(), "kubectl", "--kubeconfig",
+                           "/etc/kubernetes/admin.conf", *command], capture_output=True, text=True, timeout=timeout)
+
+
+def drain(node: str) -> None:
+    """`kubectl drain NODE` as a node's maintenance does it: cordoned, every pod but DaemonSets' evicted through the
+    eviction API (which honours PodDisruptionBudgets, retrying until they allow it)."""
+    result = in_control_plane("drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=300s")
+    assert result.returncode == 0, f"kubectl drain {node} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def uncordon(node: str) -> None:
+    result = in_control_plane("uncordon", node)
+    assert result.returncode == 0, f"kubectl uncordon {node} failed: {result.stderr}"
+
+
+def stop_node(node: str) -> None:
+    """The node is lost: its kind container stopped (the kubelet, its pods and their network go at once)."""
+    result = subprocess.run(["docker", "stop", "--time", "0", node], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"docker stop {node} failed: {result.stderr}"
+
+
+def start_node(node: str) -> None:
+    """The lost node comes back (its container started again: systemd, containerd and the kubelet boot)."""
+    result = subprocess.run(["docker", "start", node], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"docker start {node} failed: {result.stderr}"
 
 
 def stop_api_server() -> None:

@@ -1,6 +1,7 @@
 """Installs the chart into a test namespace with the cluster's images, and reads relays back."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -113,6 +114,21 @@ class Release:
     def wait_pod_ready(self, pod: str, timeout: int = 180) -> client.V1Pod:
         wait_for(lambda: self.pod_condition(pod), f"relay pod {pod} to be Ready (seen: its state and uid)", timeout,
                  until=lambda seen: seen[0] == "Ready", explain=self.describe)
+        return self.core.read_namespaced_pod(pod, self.namespace)
+
+    def wait_ready_since(self, pod: str, since: datetime.datetime, timeout: int = 300) -> client.V1Pod:
+        """Waits until POD turned Ready after SINCE (UTC): after its node came back, the API shows the Ready condition
+        from before the node went away until the kubelet has restarted the pod's containers and probed them."""
+        since = since.replace(microsecond=0)
+
+        def readiness() -> tuple[str | None, datetime.datetime | None]:
+            found = self.core.read_namespaced_pod(pod, self.namespace)
+            ready = next((c for c in found.status.conditions or [] if c.type == "Ready"), None)
+            return (ready.status, ready.last_transition_time) if ready else (None, None)
+
+        wait_for(readiness, f"relay pod {pod} to turn Ready after {since.isoformat()} (seen: its Ready condition and "
+                 "when it last changed)", timeout, until=lambda seen: seen[0] == "True" and seen[1] >= since,
+                 tolerate=(client.ApiException,), explain=self.describe)
         return self.core.read_namespaced_pod(pod, self.namespace)
 
     def wait_replaced(self, pod: str, old_uid: str, timeout: int = 180) -> client.V1Pod:

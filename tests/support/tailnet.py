@@ -206,3 +206,32 @@ class Tailnet:
         result = subprocess.run(["nsenter", "-t", self.lan_pid(), "-n", *command], capture_output=True, text=True,
                                 timeout=30)
         return result.stdout + result.stderr
+
+
+def relay_through_node(net: "Tailnet", release, replicas: int, port: int, node: str) -> tuple[int, set[str]]:
+    """Makes the LAN device relay through a relay of RELEASE that runs on NODE, so that an event on NODE hits the relay
+    in use: when none runs there, relay 0 is moved there (the other nodes cordoned while its pod is made again); the
+    LAN device's firewall then drops the other relays' addresses until it relays through that one, and opens again
+    (it keeps the path it has; the others stay candidates). Returns that relay's index and endpoints."""
+    def nodes() -> dict[int, str]:
+        return {i: release.core.read_namespaced_pod(release.pod(i), release.namespace).spec.node_name
+                for i in range(replicas)}
+
+    if node not in nodes().values():
+        others = [n.metadata.name for n in release.core.list_node().items if n.metadata.name != node]
+        for other in others:
+            release.core.patch_node(other, {"spec": {"unschedulable": True}})
+        try:
+            old_uid = release.pod_condition(release.pod(0))[1]
+            release.core.delete_namespaced_pod(release.pod(0), release.namespace)
+            release.wait_replaced(release.pod(0), old_uid)
+        finally:
+            for other in others:
+                release.core.patch_node(other, {"spec": {"unschedulable": False}})
+    index = next(i for i, n in nodes().items() if n == node)
+    wanted = release.service_endpoints(index, port)
+    elsewhere = [a for i in range(replicas) if i != index for a in release.service_addresses(release.pod(i))]
+    net.firewall("closed", *elsewhere)
+    net.ping_until(relayed(wanted), 300, f"relay {release.pod(index)} on node {node}", relay_side(release, replicas))
+    net.firewall("closed")
+    return index, wanted

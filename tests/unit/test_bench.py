@@ -82,7 +82,8 @@ def test_every_event_ran_with_one_and_two_relays_and_recorded_every_echo(events)
     runs = {(run["event"], run["replicas"]) for run in events["runs"]}
     names = {run["event"] for run in events["runs"]}
     assert {"rolling upgrade", "relay pod deleted", "API server restart", "MetalLB speaker restart",
-            "relay replaced by another release"} <= names, names
+            "relay replaced by another release", "node drained", "node lost for a minute"} <= names, names
+    assert events["environment"]["nodes"] >= 2, "the node events need the multi-node test cluster"
     assert runs == {(name, replicas) for name in names for replicas in (1, 2)}, runs
     for run in events["runs"]:
         echoes = run["probe"]["echoes"]
