@@ -10,7 +10,9 @@ echo) and bench/events.png (round trip and path over time, per run). It measures
 
 The cluster has two nodes (scripts/cluster: a control plane that runs workloads, and a worker). The node events (a
 drain, a node lost) hit the worker, and the LAN device is first made to relay through a relay there
-(support.tailnet.relay_through_node), so they hit the relay in use and the API server stays up.
+(support.tailnet.relay_through_node), so they hit the relay in use and the API server stays up; for the other events
+the LAN device relays through relay 0 first (support.tailnet.relay_through), the one a deleted pod or a replaced
+release takes away.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from support.cluster import drain, on_cluster, start_node, stop_api_server, stop
 from support.probe import PathProbe
 from support.release import Release
 from support.repo import REPO, versions
-from support.tailnet import Tailnet, forget_offline_relays, relay_through_node, wait_for_no_relays
+from support.tailnet import Tailnet, forget_offline_relays, relay_through, relay_through_node, wait_for_no_relays
 from support.values import deep_merge
 from support.wait import wait_for
 
@@ -162,8 +164,7 @@ def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release)
     if event in ON_WORKER:
         relay_through_node(net, relay, replicas, PORT, worker_node())
     else:
-        endpoints = all_endpoints(relay, replicas)
-        net.ping_until(lambda pong: pong.relay_endpoint in endpoints, 300, "the relay")
+        relay_through(net, relay, replicas, PORT, 0)  # the relay the events act on
     started = time.monotonic()
     with PathProbe(net) as probe:
         after = event(relay, replicas, core)

@@ -37,6 +37,7 @@ NAMESPACE = "relay-bench"
 # the write-up's setup (chart/ci/seed-values.yaml) as the test cluster installs it
 SEED = on_cluster("seed")
 PORT = SEED["relay"]["port"]
+# the kind node whose kernel the sysctls are set on (every node shares the host kernel)
 NODE = control_plane_node()
 
 
@@ -87,11 +88,12 @@ def measure(net: Tailnet, path: str, count: int) -> dict:
 
 
 def crictl_stats(pod: str, namespace: str) -> dict:
-    """CPU (core-nanoseconds, cumulative) and working-set memory of a pod's tailscale container, from the kind node."""
-    cid = subprocess.run(["docker", "exec", NODE, "crictl", "ps", "-q", "--name", "^tailscale$",
+    """CPU (core-nanoseconds, cumulative) and working-set memory of a pod's tailscale container, from its kind node."""
+    node = client.CoreV1Api().read_namespaced_pod(pod, namespace).spec.node_name
+    cid = subprocess.run(["docker", "exec", node, "crictl", "ps", "-q", "--name", "^tailscale$",
                           "--label", f"io.kubernetes.pod.name={pod}", "--label", f"io.kubernetes.pod.namespace={namespace}"],
                          capture_output=True, text=True, check=True).stdout.split()[0]
-    stats = json.loads(subprocess.run(["docker", "exec", NODE, "crictl", "stats", "-o", "json", "--id", cid],
+    stats = json.loads(subprocess.run(["docker", "exec", node, "crictl", "stats", "-o", "json", "--id", cid],
                                       capture_output=True, text=True, check=True).stdout)["stats"][0]
     return {"cid": cid, "cpu_ns": int(stats["cpu"]["usageCoreNanoSeconds"]["value"]),
             "memory_bytes": int(stats["memory"]["workingSetBytes"]["value"]), "at": time.monotonic()}

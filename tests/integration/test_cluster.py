@@ -1,5 +1,6 @@
-"""The test cluster itself: a Ready dual-stack node, healthy system pods, and
-dual-stack LoadBalancer Services (MetalLB, deployed by scripts/images/deploy)."""
+"""The test cluster itself: Ready dual-stack nodes (a control plane that runs workloads, and workers) whose pods reach
+each other across nodes in both families, healthy system pods, and dual-stack LoadBalancer Services (MetalLB, deployed
+by scripts/images/deploy)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import ipaddress
 
 import pytest
 
+from support.cluster import control_plane_node, worker_node
+from support.pods import ANSWERED, LISTENER, LISTENER_PORT, curl_status, pod_ip, toolbox_pod, url
 from support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -34,6 +37,25 @@ def test_nodes_are_dual_stack(core):
         cidrs = node.spec.pod_cidrs or []
         assert {ipaddress.ip_network(c).version for c in cidrs} == {4, 6}, \
             f"{node.metadata.name} podCIDRs: {cidrs}"
+
+
+def test_the_control_plane_runs_workloads_beside_a_worker(core):
+    nodes = {n.metadata.name: n for n in core.list_node().items}
+    assert {control_plane_node(), worker_node()} <= set(nodes), f"the cluster's nodes: {sorted(nodes)}"
+    taints = [t.key for t in nodes[control_plane_node()].spec.taints or []]
+    assert "node-role.kubernetes.io/control-plane" not in taints, "the control plane must take workloads (a drain " \
+        "or a lost worker moves the relay there)"
+    assert "node.kubernetes.io/exclude-from-external-load-balancers" not in nodes[control_plane_node()].metadata.labels, \
+        "MetalLB's speaker on the control plane must announce too"
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_pods_on_different_nodes_reach_each_other(core, namespace, family):
+    listener = toolbox_pod(core, namespace, "listener", LISTENER, node=worker_node())
+    toolbox_pod(core, namespace, "client", "exec sleep 3600", node=control_plane_node())
+    assert curl_status(core, namespace, "client", url(pod_ip(listener, family), LISTENER_PORT)) == ANSWERED, \
+        f"a pod on {control_plane_node()} cannot reach a pod on {worker_node()} over IPv{family}: the CNI does not " \
+        "route the pod network between the nodes"
 
 
 # namespaces of the cluster's own infrastructure (tests run in namespaces of

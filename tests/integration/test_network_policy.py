@@ -7,60 +7,18 @@ fail. With the policies on, the hook and `helm test` still pass and the LAN devi
 balancer."""
 from __future__ import annotations
 
-import ipaddress
-import os
-
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.stream import stream
 
 from support.cluster import on_cluster
+from support.pods import ANSWERED, BLOCKED, LISTENER, LISTENER_PORT, curl_status, pod_ip, toolbox_pod, url
 from support.tailnet import relay_side, relayed
 from support.values import deep_merge
-from support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
 VALUES = on_cluster("network-policy")
-LISTENER_PORT = 8080
-# curl's exit statuses: answered; and refused (7) or timed out (28), as a NetworkPolicy engine rejects (kube-router
-# answers with an ICMP port-unreachable) or drops the connection's first packet. Every target listens: with the
-# policies off each probe is answered, so a refusal with them on is the policy's.
-ANSWERED, BLOCKED = 0, {7, 28}
-# A one-line HTTP server in the toolbox image's perl (Debian's perl-base), answering every connection with "ok".
-# It reads the request to its blank line first: closing a socket with unread data resets the connection.
-LISTENER = ("perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(LocalPort => %d, Listen => 8, ReuseAddr => 1) "
-            "or die $!; while ($c = $s->accept) { while (defined($l = <$c>)) { last if $l =~ /^\\r?$/ } "
-            "print $c \"HTTP/1.0 200 OK\\r\\n\\r\\nok\\n\"; close $c }'" % LISTENER_PORT)
-
-
-def toolbox_pod(core, namespace: str, name: str, command: str, labels: dict | None = None) -> str:
-    """Runs COMMAND in a toolbox pod NAME (restricted-compliant) and waits until it is Ready; its IPv4 address."""
-    core.create_namespaced_pod(namespace, client.V1Pod(
-        metadata=client.V1ObjectMeta(name=name, labels=labels or {}),
-        spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[client.V1Container(
-            name="main", image=os.environ["TOOLBOX_IMAGE"], command=["sh", "-c", command],
-            security_context=client.V1SecurityContext(
-                run_as_non_root=True, run_as_user=1000, allow_privilege_escalation=False,
-                capabilities=client.V1Capabilities(drop=["ALL"]),
-                seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault")))])))
-    pod = wait_for(lambda: core.read_namespaced_pod(name, namespace), f"pod {namespace}/{name} to be Ready "
-                   "(seen: its status)", 120,
-                   until=lambda p: any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []))
-    return ipv4_of(pod)
-
-
-def ipv4_of(pod: client.V1Pod) -> str:
-    return next(p.ip for p in pod.status.pod_ips if ipaddress.ip_address(p.ip).version == 4)
-
-
-def curl_status(core, namespace: str, pod: str, url: str) -> int:
-    """curl's exit status for URL from POD (3 s to connect and answer)."""
-    out = stream(core.connect_get_namespaced_pod_exec, pod, namespace, container="main",
-                 command=["sh", "-c", f"curl -sS -o /dev/null --max-time 3 {url}; echo status=$?"],
-                 stderr=True, stdin=False, stdout=True, tty=False)
-    return int(out.rsplit("status=", 1)[1].split()[0])
 
 
 def hook_pod_labels(release) -> dict[str, dict]:
@@ -84,19 +42,19 @@ def targets(release, core) -> dict[str, str]:
     """What a neighbour tries, by name: the relay's health and agent ports (as its pod declares them), and a listener
     labelled as each of the release's hook Job pods and test Pod."""
     relay = core.read_namespaced_pod(release.pod(0), release.namespace)
-    ip, ports = ipv4_of(relay), container_ports(relay)
-    urls = {"relay health port (/metrics)": f"http://{ip}:{ports['http-local']}/metrics",
-            "relay agent port (/readyz)": f"http://{ip}:{ports['http-agent']}/readyz"}
+    ip, ports = pod_ip(relay), container_ports(relay)
+    urls = {"relay health port (/metrics)": url(ip, ports["http-local"], "/metrics"),
+            "relay agent port (/readyz)": url(ip, ports["http-agent"], "/readyz")}
     for component, labels in hook_pod_labels(release).items():
-        ip = toolbox_pod(core, release.namespace, f"{component}-like-listener", LISTENER, labels)
-        urls[f"a pod labelled as the {component} pod"] = f"http://{ip}:{LISTENER_PORT}/"
+        listener = toolbox_pod(core, release.namespace, f"{component}-like-listener", LISTENER, labels)
+        urls[f"a pod labelled as the {component} pod"] = url(pod_ip(listener), LISTENER_PORT)
     return urls
 
 
 def reached_from(core, namespace: str, urls: dict[str, str]) -> dict[str, int]:
     prober = "neighbour"
     toolbox_pod(core, namespace, prober, "exec sleep 3600")
-    return {what: curl_status(core, namespace, prober, url) for what, url in urls.items()}
+    return {what: curl_status(core, namespace, prober, target) for what, target in urls.items()}
 
 
 def test_without_policies_a_neighbour_reaches_every_port_the_policies_close(release, core, other_namespace):

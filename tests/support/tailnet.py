@@ -208,11 +208,24 @@ class Tailnet:
         return result.stdout + result.stderr
 
 
+def relay_through(net: "Tailnet", release, replicas: int, port: int, index: int) -> set[str]:
+    """Makes the LAN device relay through replica INDEX of RELEASE, so that an event on that relay hits the relay in
+    use: the LAN device's firewall drops the other relays' addresses until it relays through that one, then opens
+    again (the LAN device keeps the path it has; the others stay candidates). Returns that relay's endpoints."""
+    wanted = release.service_endpoints(index, port)
+    elsewhere = [a for i in range(replicas) if i != index for a in release.service_addresses(release.pod(i))]
+    net.firewall("closed", *elsewhere)
+    try:
+        net.ping_until(relayed(wanted), 300, f"relay {release.pod(index)}", relay_side(release, replicas))
+    finally:
+        net.firewall("closed")
+    return wanted
+
+
 def relay_through_node(net: "Tailnet", release, replicas: int, port: int, node: str) -> tuple[int, set[str]]:
-    """Makes the LAN device relay through a relay of RELEASE that runs on NODE, so that an event on NODE hits the relay
-    in use: when none runs there, relay 0 is moved there (the other nodes cordoned while its pod is made again); the
-    LAN device's firewall then drops the other relays' addresses until it relays through that one, and opens again
-    (it keeps the path it has; the others stay candidates). Returns that relay's index and endpoints."""
+    """Makes the LAN device relay through a relay of RELEASE that runs on NODE (relay_through), so that an event on NODE
+    hits the relay in use; when none runs there, relay 0 is moved there first (the other nodes cordoned while its pod
+    is made again). Returns that relay's index and endpoints."""
     def nodes() -> dict[int, str]:
         return {i: release.core.read_namespaced_pod(release.pod(i), release.namespace).spec.node_name
                 for i in range(replicas)}
@@ -229,9 +242,4 @@ def relay_through_node(net: "Tailnet", release, replicas: int, port: int, node: 
             for other in others:
                 release.core.patch_node(other, {"spec": {"unschedulable": False}})
     index = next(i for i, n in nodes().items() if n == node)
-    wanted = release.service_endpoints(index, port)
-    elsewhere = [a for i in range(replicas) if i != index for a in release.service_addresses(release.pod(i))]
-    net.firewall("closed", *elsewhere)
-    net.ping_until(relayed(wanted), 300, f"relay {release.pod(index)} on node {node}", relay_side(release, replicas))
-    net.firewall("closed")
-    return index, wanted
+    return index, relay_through(net, release, replicas, port, index)
