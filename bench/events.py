@@ -43,6 +43,10 @@ SETTLE = 3
 # how long a lost node stays away: past the controller-manager's node-monitor-grace-period (40 s), so the node is
 # NotReady and its endpoints leave the Services before it comes back
 NODE_AWAY_S = 60
+# seconds the LAN device keeps relaying before an event with several relays (--settle): the LAN device's firewall
+# dropped the other relays' addresses while it was made to relay through one, and its relay path discovery tries
+# them again only at its next round (upgradeUDPRelayInterval, 1 min, on a working relay path)
+SETTLE_BEFORE_S = 65
 
 
 def log(message: str) -> None:
@@ -146,7 +150,7 @@ def values_for(replicas: int) -> dict:
     return SEED if replicas == 1 else deep_merge(SEED, on_cluster("replicas"))
 
 
-def run(api, core, net: Tailnet, name: str, event, replicas: int) -> dict:
+def run(api, core, net: Tailnet, name: str, event, replicas: int, settle: int) -> dict:
     """One event with REPLICAS relays, in a namespace of its own (deleted afterwards, as the tests do)."""
     log(f"{name}, {replicas} relay(s)")
     wait_for_no_relays(core)
@@ -154,17 +158,19 @@ def run(api, core, net: Tailnet, name: str, event, replicas: int) -> dict:
     namespace = f"{NAMESPACE}-{time.time_ns() % 10**8}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     try:
-        return measure(core, net, name, event, replicas, Release(api, namespace))
+        return measure(core, net, name, event, replicas, Release(api, namespace), settle)
     finally:
         core.delete_namespace(namespace)
 
 
-def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release) -> dict:
+def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release, settle: int) -> dict:
     relay.install(values_for(replicas))
     if event in ON_WORKER:
         relay_through_node(net, relay, replicas, PORT, worker_node())
     else:
         relay_through(net, relay, replicas, PORT, 0)  # the relay the events act on
+    if replicas > 1:
+        time.sleep(settle)
     started = time.monotonic()
     with PathProbe(net) as probe:
         after = event(relay, replicas, core)
@@ -216,18 +222,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--only", help="run only the events whose name contains this")
+    parser.add_argument("--settle", type=int, default=SETTLE_BEFORE_S,
+                        help="seconds to keep relaying before an event with several relays")
     args = parser.parse_args()
     config.load_kube_config()
     api = client.ApiClient()
     core = client.CoreV1Api(api)
     net = Tailnet()
     net.firewall("closed")
-    runs = [run(api, core, net, name, event, replicas) for name, event in EVENTS
+    runs = [run(api, core, net, name, event, replicas, args.settle) for name, event in EVENTS
             if not args.only or args.only in name for replicas in args.replicas]
     pins = versions()
     results = {"environment": {"date": datetime.date.today().isoformat(), "tailscale": pins["TAILSCALE_VERSION"],
                                "headscale": pins["HEADSCALE_VERSION"], "kubernetes": pins["KUBERNETES_VERSION"],
                                "nodes": 1 + int(pins["CLUSTER_WORKERS"]), "echoes_per_second": 5, "timeout_s": TIMEOUT,
+                               "settle_before_s": args.settle,
                                "command": "scripts/bench --events"},
                "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
