@@ -2,17 +2,19 @@
 
 Run with `scripts/bench --events` (it brings up the cluster and the tailnet in a box). For each event and each relay
 count, a fresh release of the write-up's setup, the LAN device relaying through it, then the path probe
-(tests/support/probe.py: ICMP echoes 5 a second, each with the path the LAN device sent it on) through the event and
-until the LAN device is back on a relay path of the release (or TIMEOUT). Writes bench/events.json (per run: echoes
-sent and lost, seconds off the relay, whether it came back by itself, with its settings right and Ready, and every
-echo) and bench/events.png (round trip and path over time, per run). It measures and records; it asserts nothing
-(tests/integration/test_availability.py asserts what must hold).
+(tests/support/probe.py: ICMP echoes 5 a second, each with the paths both ways it went: the LAN device's out, the
+workload's back) through the event and until the LAN device is answered through a relay of the release both ways again
+(or TIMEOUT). Writes bench/events.json (per run: echoes sent and lost, seconds off the relay, of them seconds relayed
+one way only, the relay in use when the event began and whether the event took it away, whether it came back by
+itself, with its settings right and Ready, and every echo) and bench/events.png (round trip and route over time, per
+run). It measures and records; it asserts nothing (tests/integration/test_availability.py asserts what must hold).
 
 The cluster has two nodes (scripts/cluster: a control plane that runs workloads, and a worker). The node events (a
 drain, a node lost) hit the worker, and the LAN device is first made to relay through a relay there
 (support.tailnet.relay_through_node), so they hit the relay in use and the API server stays up; for the other events
 the LAN device relays through relay 0 first (support.tailnet.relay_through), the one a deleted pod or a replaced
-release takes away.
+release takes away. With two relays the LAN device keeps relaying a while before the event (--settle), and is steered
+again if it moved to the other relay meanwhile. The workload runs on the control plane (scripts/images/workload.yaml).
 """
 from __future__ import annotations
 
@@ -47,14 +49,12 @@ NODE_AWAY_S = 60
 # dropped the other relays' addresses while it was made to relay through one, and its relay path discovery tries
 # them again only at its next round (upgradeUDPRelayInterval, 1 min, on a working relay path)
 SETTLE_BEFORE_S = 65
+# how many times the LAN device is steered to the relay an event acts on, when it moves to another one while it settles
+STEER_TRIES = 3
 
 
 def log(message: str) -> None:
     print(f"bench events: {message}", file=sys.stderr, flush=True)
-
-
-def all_endpoints(relay: Release, replicas: int) -> set[str]:
-    return set().union(*(relay.service_endpoints(i, PORT) for i in range(replicas)))
 
 
 def api_answers(core: client.CoreV1Api) -> bool:
@@ -123,8 +123,7 @@ def node_lost(relay, replicas, core):
     """The node whose relay the LAN device uses is lost (its kind container stopped) for NODE_AWAY_S, then comes back
     and is Ready again. A StatefulSet does not make a lost node's pod again elsewhere (at most one pod per identity)."""
     node = worker_node()
-    on_node = [relay.pod(i) for i in range(replicas)
-               if core.read_namespaced_pod(relay.pod(i), relay.namespace).spec.node_name == node]
+    on_node = [relay.pod(i) for i, there in relay.pod_nodes(replicas).items() if there == node]
     stop_node(node)
     time.sleep(NODE_AWAY_S)
     back = datetime.datetime.now(datetime.timezone.utc)
@@ -163,19 +162,41 @@ def run(api, core, net: Tailnet, name: str, event, replicas: int, settle: int) -
         core.delete_namespace(namespace)
 
 
+def relay_in_use(net: Tailnet) -> str | None:
+    """The relay (ip:port) most of five pongs came through, None if most came another way."""
+    through = [p.relay_endpoint for p in net.ping(5)]
+    best = max(set(through), key=through.count, default=None)
+    return best if through.count(best) * 2 > len(through) else None
+
+
+def steer(net: Tailnet, event, relay: Release, replicas: int, settle: int) -> tuple[set[str], str | None]:
+    """Makes the LAN device relay through the relay the event acts on (relay 0, or one on the worker for the node
+    events); with several relays it then keeps relaying SETTLE seconds, and is steered again (at most STEER_TRIES
+    times) when it moved to another relay meanwhile: an event must take away the relay in use. Returns the target's
+    endpoints and the relay in use when the event begins."""
+    for attempt in range(1, STEER_TRIES + 1):
+        if event in ON_WORKER:
+            _, target = relay_through_node(net, relay, replicas, PORT, worker_node())
+        else:
+            target = relay_through(net, relay, replicas, PORT, 0)
+        if replicas == 1:
+            return target, relay_in_use(net)
+        time.sleep(settle)
+        in_use = relay_in_use(net)
+        if in_use in target:
+            return target, in_use
+        log(f"the LAN device moved to {in_use or 'another path'} while it settled (try {attempt} of {STEER_TRIES})")
+    return target, in_use
+
+
 def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release, settle: int) -> dict:
     relay.install(values_for(replicas))
-    if event in ON_WORKER:
-        relay_through_node(net, relay, replicas, PORT, worker_node())
-    else:
-        relay_through(net, relay, replicas, PORT, 0)  # the relay the events act on
-    if replicas > 1:
-        time.sleep(settle)
+    target, in_use = steer(net, event, relay, replicas, settle)
     started = time.monotonic()
     with PathProbe(net) as probe:
         after = event(relay, replicas, core)
         event_s = round(time.monotonic() - started, 1)
-        wanted = all_endpoints(after, replicas)
+        wanted = after.all_service_endpoints(replicas, PORT)
         came_back = wait("the LAN device answered through a relay again", lambda: probe.relayed_again(wanted))
         time.sleep(SETTLE)
     ready = all(after.pod_condition(after.pod(i))[0] == "Ready" for i in range(replicas))
@@ -185,7 +206,8 @@ def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release,
     log(f"{name}, {replicas} relay(s): {summary['lost']} of {summary['sent']} echoes lost, "
         f"{summary['seconds_off_relay']} s off the relay, back: {came_back}\n{probe.timeline()}")
     return {"event": name, "replicas": replicas, "event_s": event_s, "came_back": came_back, "ready": ready,
-            "settings_right": settings, **{k: summary[k] for k in ("sent", "lost", "seconds_off_relay", "relays")},
+            "settings_right": settings, "relay_in_use": in_use, "hit_relay_in_use": in_use in target,
+            **{k: summary[k] for k in ("sent", "lost", "seconds_off_relay", "seconds_relayed_one_way", "relays")},
             "timeline": probe.timeline().splitlines(), "probe": probe.to_json()}
 
 
@@ -195,12 +217,19 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"peer-relay": "#2a7", "derp": "#c80", "direct": "#57c", "none": "#999"}
+    # by route: the same path both ways, or a relay one way only (the other via DERP or direct)
+    colors = {"peer-relay": "#2a7", "relay one way": "#a5d", "derp": "#c80", "direct": "#57c", "none": "#999"}
+
+    def route(echo: dict) -> str:
+        if echo["path"] == echo["back_path"]:
+            return echo["path"]
+        return "relay one way" if "peer-relay" in (echo["path"], echo["back_path"]) else "none"
+
     fig, axes = plt.subplots(len(runs), 1, figsize=(11, 1.9 * len(runs)), sharex=True, squeeze=False)
     for ax, result in zip(axes[:, 0], runs):
         echoes = result["probe"]["echoes"]
         for kind, color in colors.items():
-            points = [(e["sent_s"], e["rtt_ms"]) for e in echoes if e["rtt_ms"] is not None and e["path"] == kind]
+            points = [(e["sent_s"], e["rtt_ms"]) for e in echoes if e["rtt_ms"] is not None and route(e) == kind]
             if points:
                 ax.scatter(*zip(*points), s=4, color=color, label=kind)
         lost = [e["sent_s"] for e in echoes if e["rtt_ms"] is None]
@@ -211,7 +240,8 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.set_title(f"{result['event']}, {result['replicas']} relay(s): {result['lost']} lost, "
                      f"{result['seconds_off_relay']} s off the relay", fontsize=8, loc="left")
         ax.legend(fontsize=6, loc="upper right", markerscale=2)
-    axes[-1, 0].set_xlabel("seconds since the event began (echoes 5 a second; path from the LAN device's status)")
+    axes[-1, 0].set_xlabel("seconds since the event began (echoes 5 a second; paths from the LAN device's and the "
+                           "workload's status)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     log(f"wrote {path}")

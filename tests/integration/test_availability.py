@@ -36,7 +36,8 @@ def relaying(release, tailnet) -> set[str]:
 
 def wait_relayed_again(probe, release, endpoints: set[str], timeout: int) -> None:
     """Waits until the LAN device is answered through the release's relay again, then lets the probe see it a while."""
-    wait_for(probe.current_path, "the LAN device to be answered through the relay again (seen: its path)", timeout,
+    wait_for(probe.current_path, "the LAN device to be answered through the relay again, both ways (seen: the paths "
+             "the LAN device and the workload send on)", timeout,
              until=lambda _: probe.relayed_again(endpoints), explain=relay_side(release))
     time.sleep(SETTLE_SECONDS)
 
@@ -53,10 +54,6 @@ def assert_relay_right(release, story: str, replicas: int = 1) -> None:
         assert release.pod_condition(pod)[0] == "Ready", f"{pod} should be Ready again:\n{story}"
         assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(index, PORT)), \
             f"{pod} should advertise its own Service's addresses again:\n{story}"
-
-
-def every_endpoint(release, replicas: int) -> set[str]:
-    return set().union(*(release.service_endpoints(i, PORT) for i in range(replicas)))
 
 
 def test_a_rolling_upgrade_of_one_relay_comes_back_to_a_relay_path_by_itself(release, tailnet):
@@ -98,10 +95,10 @@ def test_a_drain_of_the_node_whose_relay_is_in_use_leaves_the_lan_on_a_relay_pat
         # the relay there is evicted through the PodDisruptionBudget and made again on the other node
         drain(node)
         uncordon(node)
-        wait_relayed_again(probe, release, every_endpoint(release, 2), 180)
+        wait_relayed_again(probe, release, release.all_service_endpoints(2, PORT), 180)
     summary, story = story_of(probe)
     assert summary["last_path"] == "peer-relay", f"the LAN device should end on a relay path:\n{story}"
-    assert set(summary["relays"]) <= every_endpoint(release, 2), f"only this release's relays should answer:\n{story}"
+    assert set(summary["relays"]) <= release.all_service_endpoints(2, PORT), f"only this release's relays should answer:\n{story}"
     assert_relay_right(release, story, replicas=2)
 
 

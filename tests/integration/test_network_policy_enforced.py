@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client
 
 from support.cluster import on_cluster
-from support.pods import ANSWERED, BLOCKED, LISTENER, LISTENER_PORT, curl_status, pod_ip, toolbox_pod, url
+from support.pods import ANSWERED, BLOCKED, LISTENER, LISTENER_PORT, curl_status, pod_ip, prober, toolbox_pod, url
 from support.tailnet import relay_side, relayed
 from support.values import deep_merge
 
@@ -52,9 +52,8 @@ def targets(release, core) -> dict[str, str]:
 
 
 def reached_from(core, namespace: str, urls: dict[str, str]) -> dict[str, int]:
-    prober = "neighbour"
-    toolbox_pod(core, namespace, prober, "exec sleep 3600")
-    return {what: curl_status(core, namespace, prober, target) for what, target in urls.items()}
+    neighbour = prober(core, namespace, "neighbour").metadata.name
+    return {what: curl_status(core, namespace, neighbour, target) for what, target in urls.items()}
 
 
 def test_without_policies_a_neighbour_reaches_every_port_the_policies_close(release, core, other_namespace):

@@ -39,6 +39,11 @@ def toolbox_pod(core, namespace: str, name: str, command: str, labels: dict | No
                     until=lambda p: any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []))
 
 
+def prober(core, namespace: str, name: str, node: str | None = None) -> client.V1Pod:
+    """A toolbox pod NAME that only waits (on NODE if given), for curl_status to probe from."""
+    return toolbox_pod(core, namespace, name, "exec sleep 3600", node=node)
+
+
 def pod_ip(pod: client.V1Pod, family: int = 4) -> str:
     """POD's address of FAMILY (4 or 6)."""
     return next(p.ip for p in pod.status.pod_ips if ipaddress.ip_address(p.ip).version == family)

@@ -1,10 +1,13 @@
 """The path probe: what the LAN device sees of the workload while something happens to the cluster.
 
 ICMP echoes at a steady rate (ping -i, in the LAN device's network namespace, through the tunnel) give each reply's
-round trip and every lost echo; the path comes from the LAN device's own view of the workload, polled meanwhile
-(`tailscale status --json`: PeerRelay when it sends through a peer relay, CurAddr when direct, Relay, the DERP region,
-otherwise; ipn/ipnstate's PeerStatus, filled from magicsock's addrForSendLocked). Each echo gets the path in effect
-when it was sent. The result reads as a timeline (people) and as JSON (code, the benchmark's results).
+round trip and every lost echo. Each peer picks the path it sends on by itself, so the probe polls both views
+meanwhile: the LAN device's of the workload (the echo's way out) and the workload's of the LAN device (the reply's way
+back), each from `tailscale status --json` (PeerRelay when it sends through a peer relay, CurAddr when direct, Relay,
+the DERP region, otherwise; ipn/ipnstate's PeerStatus, filled from magicsock's addrForSendLocked). An echo is relayed
+only when both ways were on a peer relay: right after a relay is lost one side may already be back on one while the
+other still sends via DERP (echoes of half the DERP round trip). Each echo gets the paths in effect when it was sent.
+The result reads as a timeline (people) and as JSON (code, the benchmark's results).
 """
 from __future__ import annotations
 
@@ -31,18 +34,33 @@ class PathSample:
     via: str  # the relay endpoint (ip:port:vni:N), the direct address or the DERP region
 
 
+NOTHING_YET = PathSample(0.0, "none", "")
+
+
 @dataclass(frozen=True)
 class Echo:
     seq: int
     sent_s: float  # seconds since the probe started
     rtt_ms: float | None  # None: lost
-    path: str
+    path: str  # the LAN device's path to the workload (the echo's way out)
     via: str
+    back_path: str  # the workload's path to the LAN device (the reply's way back)
+    back_via: str
 
     @property
     def relay_endpoint(self) -> str | None:
-        """The relay's address (ip:port, as the relay advertises it) when the echo went through a peer relay."""
+        """The relay's address (ip:port, as the relay advertises it) when the echo went out through a peer relay."""
         return self.via.rsplit(":vni:", 1)[0] if self.path == "peer-relay" else None
+
+    @property
+    def route(self) -> str:
+        """The path both ways ("peer-relay", "derp", ...), or "OUT/BACK" ("peer-relay/derp") when they differ."""
+        return self.path if self.path == self.back_path else f"{self.path}/{self.back_path}"
+
+    @property
+    def relayed(self) -> bool:
+        """Answered, and through a peer relay both ways."""
+        return self.rtt_ms is not None and self.path == self.back_path == "peer-relay"
 
 
 def path_of(peer: dict) -> tuple[str, str]:
@@ -56,9 +74,16 @@ def path_of(peer: dict) -> tuple[str, str]:
     return "none", ""
 
 
-def echoes(ping_output: str, started: float, interval: float, paths: list[PathSample]) -> list[Echo]:
-    """Every echo ping sent (replied or lost), with the path in effect when it was sent: ping sends echo N at
-    STARTED + (N-1) * INTERVAL."""
+def sample_at(samples: list[PathSample], at: float) -> PathSample:
+    """The path in effect at AT: the latest sample taken by then (the first one before any was)."""
+    current = [p for p in samples if p.at <= at]
+    return current[-1] if current else (samples[0] if samples else NOTHING_YET)
+
+
+def echoes(ping_output: str, started: float, interval: float, paths: list[PathSample],
+           back_paths: list[PathSample]) -> list[Echo]:
+    """Every echo ping sent (replied or lost), with the paths both ways in effect when it was sent (PATHS the LAN
+    device's, BACK_PATHS the workload's): ping sends echo N at STARTED + (N-1) * INTERVAL."""
     replies, sent = {}, 0
     for line in ping_output.splitlines():
         if match := REPLY.match(line.strip()):
@@ -71,28 +96,31 @@ def echoes(ping_output: str, started: float, interval: float, paths: list[PathSa
     out = []
     for seq in range(1, sent + 1):
         at = started + (seq - 1) * interval
-        current = [p for p in paths if p.at <= at]
-        sample = current[-1] if current else (paths[0] if paths else PathSample(at, "none", ""))
-        out.append(Echo(seq, round(at - started, 3), replies.get(seq), sample.path, sample.via))
+        out_, back = sample_at(paths, at), sample_at(back_paths, at)
+        out.append(Echo(seq, round(at - started, 3), replies.get(seq), out_.path, out_.via, back.path, back.via))
     return out
 
 
 def summarize(run: list[Echo], interval: float) -> dict:
-    """Echoes sent and lost, seconds not answered through a peer relay, and the relays that answered."""
+    """Echoes sent and lost, seconds not answered through a peer relay both ways (of them, seconds answered through a
+    relay one way only), the relays the echoes went out through, and the last echo's route."""
     lost = [e.seq for e in run if e.rtt_ms is None]
-    off = [e for e in run if e.rtt_ms is None or e.path != "peer-relay"]
+    off = [e for e in run if not e.relayed]
+    one_way = [e for e in off if e.rtt_ms is not None and "peer-relay" in (e.path, e.back_path)]
     return {"sent": len(run), "lost": len(lost), "lost_seqs": lost,
             "seconds_off_relay": round(len(off) * interval, 1),
+            "seconds_relayed_one_way": round(len(one_way) * interval, 1),
             "relays": sorted({e.relay_endpoint for e in run if e.relay_endpoint}),
-            "last_path": run[-1].path if run else "none"}
+            "last_path": run[-1].route if run else "none"}
 
 
 def timeline(run: list[Echo]) -> str:
-    """One line per stretch of echoes on one path (lost ones apart): when, what, how many, median round trip."""
+    """One line per stretch of echoes on one route (lost ones apart): when, the route (out/back when they differ),
+    the relay or DERP region out, how many, median round trip."""
     lines, stretch = [], []
 
     def key(echo: Echo):
-        return ("lost", "") if echo.rtt_ms is None else (echo.path, echo.via)
+        return ("lost", "") if echo.rtt_ms is None else (echo.route, echo.via)
 
     def flush():
         if not stretch:
@@ -100,7 +128,7 @@ def timeline(run: list[Echo]) -> str:
         what, via = key(stretch[0])
         rtts = sorted(e.rtt_ms for e in stretch if e.rtt_ms is not None)
         median = f", median {rtts[len(rtts) // 2]:.2f} ms" if rtts else ""
-        lines.append(f"{stretch[0].sent_s:7.1f} s to {stretch[-1].sent_s:7.1f} s  {what:<10} {via:<40} "
+        lines.append(f"{stretch[0].sent_s:7.1f} s to {stretch[-1].sent_s:7.1f} s  {what:<16} {via:<40} "
                      f"{len(stretch):4d} echoes{median}")
     for echo in run:
         if stretch and key(echo) != key(stretch[0]):
@@ -113,20 +141,22 @@ def timeline(run: list[Echo]) -> str:
 
 class PathProbe:
     """`with PathProbe(tailnet) as probe: <the event>`; then probe.echoes, probe.summary(), probe.timeline().
-    RATE echoes a second to the workload's tailnet IPv4 address; the path polled every PATH_EVERY seconds."""
+    RATE echoes a second to the workload's tailnet IPv4 address; both ways' paths polled every PATH_EVERY seconds
+    (the workload's through its node's container runtime, so also while the API server is away)."""
 
     def __init__(self, net, rate: float = 5.0, path_every: float = 0.5):
         self.net, self.interval, self.path_every = net, 1.0 / rate, path_every
-        self.paths: list[PathSample] = []
+        self.paths: list[PathSample] = []  # the LAN device's, to the workload
+        self.back_paths: list[PathSample] = []  # the workload's, to the LAN device
         self.echoes: list[Echo] = []
         self._stop = threading.Event()
 
-    def _poll_paths(self):
+    def _poll(self, peer, samples: list[PathSample]):
+        """Appends PEER()'s path (a peer entry of `tailscale status --json`, None if absent) to SAMPLES until stopped."""
         while not self._stop.is_set():
             try:
-                peer, _ = self.net.lan_peer(timeout=10)
-                self.paths.append(PathSample(time.time(), *path_of(peer or {})))
-            except (OSError, ValueError, subprocess.SubprocessError):  # the LAN device busy: the next poll answers
+                samples.append(PathSample(time.time(), *path_of(peer() or {})))
+            except (OSError, ValueError, subprocess.SubprocessError):  # a device busy: the next poll answers
                 pass
             self._stop.wait(self.path_every)
 
@@ -136,8 +166,13 @@ class PathProbe:
 
     def __enter__(self) -> PathProbe:
         ip = self.net.workload_ip()
-        self._poller = threading.Thread(target=self._poll_paths, daemon=True)
-        self._poller.start()
+        lan_key = self.net.lan_peer()[1]["Self"]["PublicKey"]
+        self._pollers = [threading.Thread(target=self._poll, args=(lambda: self.net.lan_peer(timeout=10)[0],
+                                                                    self.paths), daemon=True),
+                         threading.Thread(target=self._poll, args=(lambda: self.net.workload_peer(lan_key),
+                                                                    self.back_paths), daemon=True)]
+        for poller in self._pollers:
+            poller.start()
         self.started = time.time()
         self._lines: list[str] = []
         self._ping = subprocess.Popen(["nsenter", "-t", self.net.lan_pid(), "-n", "ping", "-n", "-D", "-O", "-W", "1",
@@ -152,23 +187,27 @@ class PathProbe:
         self._ping.wait(timeout=30)
         self._reader.join(timeout=30)
         self._stop.set()
-        self._poller.join(timeout=30)
+        for poller in self._pollers:
+            poller.join(timeout=30)
         # the echoes still in flight when ping stopped were cut off, not lost
-        self.echoes = [e for e in echoes("".join(self._lines), self.started, self.interval, self.paths)
+        self.echoes = [e for e in echoes("".join(self._lines), self.started, self.interval, self.paths,
+                                         self.back_paths)
                        if e.rtt_ms is not None or e.sent_s < stopped - self.started - IN_FLIGHT]
 
-    def current_path(self) -> PathSample | None:
-        """The path the LAN device sends on now (the latest poll), while the probe runs."""
-        return self.paths[-1] if self.paths else None
+    def current_path(self) -> tuple[PathSample | None, PathSample | None]:
+        """The paths both ways now (the latest polls: the LAN device's, the workload's), while the probe runs."""
+        return (self.paths[-1] if self.paths else None), (self.back_paths[-1] if self.back_paths else None)
 
     def relayed_again(self, endpoints: set[str], count: int = 5) -> bool:
         """While the probe runs: whether the last COUNT echoes whose answer is due (sent over IN_FLIGHT seconds ago)
-        were all answered, each sent while the LAN device sent through a relay at one of ENDPOINTS (ip:port). The
-        LAN device's status alone is not enough: it names a relay path until that path's trust runs out (6.5 s after
-        its last pong, magicsock trustUDPAddrDuration), dead or not."""
-        due = [e for e in echoes("".join(self._lines), self.started, self.interval, list(self.paths))
+        were all answered through a peer relay both ways, out through a relay at one of ENDPOINTS (ip:port). The
+        statuses alone are not enough: each names a relay path until that path's trust runs out (6.5 s after its
+        last pong, magicsock trustUDPAddrDuration), dead or not. (The workload, in the cluster, may reach the relay at
+        another of its addresses: the way back's relay is not checked.)"""
+        due = [e for e in echoes("".join(self._lines), self.started, self.interval, list(self.paths),
+                                 list(self.back_paths))
                if e.sent_s < time.time() - self.started - IN_FLIGHT][-count:]
-        return len(due) == count and all(e.rtt_ms is not None and e.relay_endpoint in endpoints for e in due)
+        return len(due) == count and all(e.relayed and e.relay_endpoint in endpoints for e in due)
 
     def summary(self) -> dict:
         return summarize(self.echoes, self.interval)

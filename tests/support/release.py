@@ -98,6 +98,14 @@ class Release:
         """What a relay behind replica INDEX's Service (or SERVICE) should advertise: each address with PORT."""
         return {endpoint(a, port) for a in self.service_addresses(service or self.pod(index))}
 
+    def all_service_endpoints(self, replicas: int, port: int) -> set[str]:
+        """What the release's REPLICAS relays advertise together: every replica Service's addresses with PORT."""
+        return set().union(*(self.service_endpoints(i, port) for i in range(replicas)))
+
+    def pod_nodes(self, replicas: int) -> dict[int, str]:
+        """The node each of the REPLICAS relay pods is scheduled on, by replica index."""
+        return {i: self.core.read_namespaced_pod(self.pod(i), self.namespace).spec.node_name for i in range(replicas)}
+
     def pod_condition(self, pod: str) -> tuple[str, str | None]:
         """POD's readiness ("Ready", "not Ready", "terminating" or "absent") and uid."""
         try:

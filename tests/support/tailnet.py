@@ -15,11 +15,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from support.cluster import setting
+from support.cluster import cluster_nodes, setting
 from support.repo import REPO
 from support.wait import wait_for
 
 TAILNET_SCRIPT = str(REPO / "scripts" / "images" / "tailnet")
+# the workload's tailscaled socket, as its manifest sets it
+WORKLOAD_SOCKET = re.search(r"name: TS_SOCKET, value: ([^}\s]+)",
+                            (REPO / "scripts" / "images" / "workload.yaml").read_text())[1]
 
 # cli/ping.go: "pong from workload (100.64.0.2, 41641) via DERP(headscale) in 3ms"
 #              "pong from workload (100.64.0.2) via peer-relay(172.18.255.193:61441:vni:1) in 1ms"
@@ -124,6 +127,7 @@ class Tailnet:
         self.workload_namespace = setting("WORKLOAD_NAMESPACE")
         # the round trip scripts/images/derp-delay adds between each client and the DERP server
         self.derp_delay_ms = float(setting("DERP_DELAY_MS"))
+        self._workload_container: tuple[str, str] | None = None
 
     def lan_tailscale(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", "exec", self.lan, "tailscale", *args],
@@ -158,6 +162,33 @@ class Tailnet:
             if peer.get("HostName") == self.workload or peer.get("DNSName", "").split(".")[0] == self.workload:
                 return peer, status
         return None, status
+
+    def workload_tailscale(self, *args: str, timeout: int = 30) -> subprocess.CompletedProcess:
+        """`tailscale ARGS` in the workload's container, through its node's container runtime (crictl exec), not the
+        API server: it answers while the API server restarts."""
+        if self._workload_container is None:
+            self._workload_container = self._find_workload_container()
+        node, container = self._workload_container
+        result = subprocess.run(["docker", "exec", node, "crictl", "exec", container, "tailscale",
+                                 f"--socket={WORKLOAD_SOCKET}", *args], capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:  # the container may be another one now: look it up again next time
+            self._workload_container = None
+        return result
+
+    def _find_workload_container(self) -> tuple[str, str]:
+        """The kind node the workload runs on, and its tailscale container's runtime id."""
+        for node in cluster_nodes():
+            found = subprocess.run(["docker", "exec", node, "crictl", "ps", "-q", "--state", "running", "--name",
+                                    "^tailscale$", "--label", f"io.kubernetes.pod.namespace={self.workload_namespace}"],
+                                   capture_output=True, text=True, timeout=30).stdout.split()
+            if found:
+                return node, found[0]
+        raise OSError(f"no running workload container in namespace {self.workload_namespace} on {cluster_nodes()}")
+
+    def workload_peer(self, public_key: str) -> dict | None:
+        """The workload's entry for the peer with PUBLIC_KEY (the LAN device's) in its `tailscale status --json`."""
+        status = json.loads(self.workload_tailscale("status", "--json").stdout)
+        return (status.get("Peer") or {}).get(public_key)
 
     def lan_peer_status(self) -> dict:
         """The workload's entry in the LAN device's `tailscale status --json`."""
@@ -226,11 +257,7 @@ def relay_through_node(net: "Tailnet", release, replicas: int, port: int, node: 
     """Makes the LAN device relay through a relay of RELEASE that runs on NODE (relay_through), so that an event on NODE
     hits the relay in use; when none runs there, relay 0 is moved there first (the other nodes cordoned while its pod
     is made again). Returns that relay's index and endpoints."""
-    def nodes() -> dict[int, str]:
-        return {i: release.core.read_namespaced_pod(release.pod(i), release.namespace).spec.node_name
-                for i in range(replicas)}
-
-    if node not in nodes().values():
+    if node not in release.pod_nodes(replicas).values():
         others = [n.metadata.name for n in release.core.list_node().items if n.metadata.name != node]
         for other in others:
             release.core.patch_node(other, {"spec": {"unschedulable": True}})
@@ -241,5 +268,5 @@ def relay_through_node(net: "Tailnet", release, replicas: int, port: int, node: 
         finally:
             for other in others:
                 release.core.patch_node(other, {"spec": {"unschedulable": False}})
-    index = next(i for i, n in nodes().items() if n == node)
+    index = next(i for i, n in release.pod_nodes(replicas).items() if n == node)
     return index, relay_through(net, release, replicas, port, index)
