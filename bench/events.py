@@ -2,10 +2,10 @@
 
 Run with `scripts/bench --events` (it brings up the cluster and the tailnet in a box). For each event and each relay
 count, a fresh release of the write-up's setup, the LAN device relaying through it, then the path probe
-(tests/support/probe.py: ICMP echoes 5 a second, each with the paths both ways it went: the LAN device's out, the
-workload's back) through the event and until the LAN device is answered through a relay of the release both ways again
-(or TIMEOUT). Writes bench/events.json (per run: echoes sent and lost, seconds off the relay, of them seconds relayed
-one way only, the relay in use when the event began and whether the event took it away, whether it came back by
+(tests/support/probe.py: ICMP echoes 5 a second, each with the path the LAN device sent it on, the workload's path
+back as its status names it, and how many ways went through DERP by its round trip) through the event and until the
+LAN device is answered through a relay of the release both ways again (or TIMEOUT). Writes bench/events.json (per run:
+echoes sent and lost, seconds off the relay, of them seconds with one way through DERP, the relay in use when the event began and whether the event took it away, whether it came back by
 itself, with its settings right and Ready, and every echo) and bench/events.png (round trip and route over time, per
 run). It measures and records; it asserts nothing (tests/integration/test_availability.py asserts what must hold).
 
@@ -29,7 +29,7 @@ import pytest
 from kubernetes import client, config
 
 from support.cluster import drain, on_cluster, start_node, stop_api_server, stop_node, uncordon, worker_node
-from support.probe import PathProbe
+from support.probe import Echo, PathProbe
 from support.release import Release
 from support.repo import REPO, versions
 from support.tailnet import Tailnet, forget_offline_relays, relay_through, relay_through_node, wait_for_no_relays
@@ -207,7 +207,7 @@ def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release,
         f"{summary['seconds_off_relay']} s off the relay, back: {came_back}\n{probe.timeline()}")
     return {"event": name, "replicas": replicas, "event_s": event_s, "came_back": came_back, "ready": ready,
             "settings_right": settings, "relay_in_use": in_use, "hit_relay_in_use": in_use in target,
-            **{k: summary[k] for k in ("sent", "lost", "seconds_off_relay", "seconds_relayed_one_way", "relays")},
+            **{k: summary[k] for k in ("sent", "lost", "seconds_off_relay", "seconds_derp_one_way", "relays")},
             "timeline": probe.timeline().splitlines(), "probe": probe.to_json()}
 
 
@@ -217,19 +217,14 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # by route: the same path both ways, or a relay one way only (the other via DERP or direct)
-    colors = {"peer-relay": "#2a7", "relay one way": "#a5d", "derp": "#c80", "direct": "#57c", "none": "#999"}
-
-    def route(echo: dict) -> str:
-        if echo["path"] == echo["back_path"]:
-            return echo["path"]
-        return "relay one way" if "peer-relay" in (echo["path"], echo["back_path"]) else "none"
+    # by route (support.probe.Echo.route: the LAN device's path, and how many ways went through DERP by the round trip)
+    colors = {"peer-relay": "#2a7", "derp-one-way": "#a5d", "derp": "#c80", "direct": "#57c", "none": "#999"}
 
     fig, axes = plt.subplots(len(runs), 1, figsize=(11, 1.9 * len(runs)), sharex=True, squeeze=False)
     for ax, result in zip(axes[:, 0], runs):
         echoes = result["probe"]["echoes"]
         for kind, color in colors.items():
-            points = [(e["sent_s"], e["rtt_ms"]) for e in echoes if e["rtt_ms"] is not None and route(e) == kind]
+            points = [(e["sent_s"], e["rtt_ms"]) for e in echoes if e["rtt_ms"] is not None and Echo(**e).route == kind]
             if points:
                 ax.scatter(*zip(*points), s=4, color=color, label=kind)
         lost = [e["sent_s"] for e in echoes if e["rtt_ms"] is None]
@@ -240,8 +235,8 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.set_title(f"{result['event']}, {result['replicas']} relay(s): {result['lost']} lost, "
                      f"{result['seconds_off_relay']} s off the relay", fontsize=8, loc="left")
         ax.legend(fontsize=6, loc="upper right", markerscale=2)
-    axes[-1, 0].set_xlabel("seconds since the event began (echoes 5 a second; paths from the LAN device's and the "
-                           "workload's status)")
+    axes[-1, 0].set_xlabel("seconds since the event began (echoes 5 a second; the LAN device's path from its status, "
+                           "the ways through DERP from the round trip)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     log(f"wrote {path}")

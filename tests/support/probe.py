@@ -1,13 +1,18 @@
 """The path probe: what the LAN device sees of the workload while something happens to the cluster.
 
 ICMP echoes at a steady rate (ping -i, in the LAN device's network namespace, through the tunnel) give each reply's
-round trip and every lost echo. Each peer picks the path it sends on by itself, so the probe polls both views
-meanwhile: the LAN device's of the workload (the echo's way out) and the workload's of the LAN device (the reply's way
-back), each from `tailscale status --json` (PeerRelay when it sends through a peer relay, CurAddr when direct, Relay,
-the DERP region, otherwise; ipn/ipnstate's PeerStatus, filled from magicsock's addrForSendLocked). An echo is relayed
-only when both ways were on a peer relay: right after a relay is lost one side may already be back on one while the
-other still sends via DERP (echoes of half the DERP round trip). Each echo gets the paths in effect when it was sent.
-The result reads as a timeline (people) and as JSON (code, the benchmark's results).
+round trip and every lost echo. Meanwhile the probe polls both peers' views, each from `tailscale status --json`
+(PeerRelay when it sends through a peer relay, CurAddr when direct, Relay, the DERP region, otherwise; ipn/ipnstate's
+PeerStatus, filled from magicsock's addrForSendLocked): the LAN device's of the workload (the echo's way out) and the
+workload's of the LAN device (the reply's way back). Each peer picks its own path. A peer whose status names a relay
+(or direct) path trusts it and sends only there; while no path is trusted (magicsock trustUDPAddrDuration ran out) its
+status names DERP and it sends on its candidate path and via DERP at once. Which one carried the echo then shows in
+its round trip, because the test tailnet's DERP server is DERP_DELAY_MS away (scripts/images/derp-delay) and every
+other path is local: each way through DERP adds that delay (one way through DERP after a loss: about 32 ms; both:
+about 65 ms; a relay both ways: 1 to 3 ms). So a way counts as through DERP when its peer's status names DERP and the
+round trip says so (a round trip alone is not enough: on a busy machine a relayed echo takes 20 to 40 ms at times).
+An echo is relayed when the LAN device sent it through a peer relay and no way went through DERP. The result reads as a timeline
+(people) and as JSON (code, the benchmark's results).
 """
 from __future__ import annotations
 
@@ -44,8 +49,9 @@ class Echo:
     rtt_ms: float | None  # None: lost
     path: str  # the LAN device's path to the workload (the echo's way out)
     via: str
-    back_path: str  # the workload's path to the LAN device (the reply's way back)
+    back_path: str  # the workload's path to the LAN device (the reply's way back), as its status names it
     back_via: str
+    derp_legs: int | None  # how many ways went through DERP, by the round trip (None: lost)
 
     @property
     def relay_endpoint(self) -> str | None:
@@ -54,13 +60,30 @@ class Echo:
 
     @property
     def route(self) -> str:
-        """The path both ways ("peer-relay", "derp", ...), or "OUT/BACK" ("peer-relay/derp") when they differ."""
-        return self.path if self.path == self.back_path else f"{self.path}/{self.back_path}"
+        """"lost", "derp" (both ways), "derp-one-way", or, with no way through DERP, the LAN device's path
+        ("peer-relay", "direct")."""
+        if self.rtt_ms is None:
+            return "lost"
+        return {2: "derp", 1: "derp-one-way"}.get(self.derp_legs, self.path)
 
     @property
     def relayed(self) -> bool:
-        """Answered, and through a peer relay both ways."""
-        return self.rtt_ms is not None and self.path == self.back_path == "peer-relay"
+        """Answered through a peer relay both ways: sent through one, and no way went through DERP."""
+        return self.rtt_ms is not None and self.derp_legs == 0 and self.path == "peer-relay"
+
+
+# paths a peer sends on alone once its status names them (trusted); otherwise it may send via DERP too
+TRUSTED = ("peer-relay", "direct")
+
+
+def derp_legs(rtt_ms: float | None, derp_leg_ms: float, out_path: str = "derp", back_path: str = "derp") -> int | None:
+    """How many ways of an echo answered in RTT_MS went through DERP: by the round trip, each way through DERP adding
+    DERP_LEG_MS (every other path being local: 0 below half of it, 1 below one and a half, else 2), but no more ways
+    than the peers' statuses allow (a peer whose status names a TRUSTED path sends only there)."""
+    if rtt_ms is None:
+        return None
+    by_rtt = 0 if rtt_ms < derp_leg_ms / 2 else 1 if rtt_ms < derp_leg_ms * 1.5 else 2
+    return min(by_rtt, sum(path not in TRUSTED for path in (out_path, back_path)))
 
 
 def path_of(peer: dict) -> tuple[str, str]:
@@ -81,9 +104,10 @@ def sample_at(samples: list[PathSample], at: float) -> PathSample:
 
 
 def echoes(ping_output: str, started: float, interval: float, paths: list[PathSample],
-           back_paths: list[PathSample]) -> list[Echo]:
+           back_paths: list[PathSample], derp_leg_ms: float) -> list[Echo]:
     """Every echo ping sent (replied or lost), with the paths both ways in effect when it was sent (PATHS the LAN
-    device's, BACK_PATHS the workload's): ping sends echo N at STARTED + (N-1) * INTERVAL."""
+    device's, BACK_PATHS the workload's) and how many ways went through DERP (DERP_LEG_MS: derp_legs): ping sends
+    echo N at STARTED + (N-1) * INTERVAL."""
     replies, sent = {}, 0
     for line in ping_output.splitlines():
         if match := REPLY.match(line.strip()):
@@ -97,38 +121,40 @@ def echoes(ping_output: str, started: float, interval: float, paths: list[PathSa
     for seq in range(1, sent + 1):
         at = started + (seq - 1) * interval
         out_, back = sample_at(paths, at), sample_at(back_paths, at)
-        out.append(Echo(seq, round(at - started, 3), replies.get(seq), out_.path, out_.via, back.path, back.via))
+        rtt = replies.get(seq)
+        out.append(Echo(seq, round(at - started, 3), rtt, out_.path, out_.via, back.path, back.via,
+                        derp_legs(rtt, derp_leg_ms, out_.path, back.path)))
     return out
 
 
 def summarize(run: list[Echo], interval: float) -> dict:
-    """Echoes sent and lost, seconds not answered through a peer relay both ways (of them, seconds answered through a
-    relay one way only), the relays the echoes went out through, and the last echo's route."""
+    """Echoes sent and lost, seconds not answered through a peer relay both ways (of them, seconds answered with one
+    way through DERP), the relays the echoes went out through, and the last echo's route."""
     lost = [e.seq for e in run if e.rtt_ms is None]
     off = [e for e in run if not e.relayed]
-    one_way = [e for e in off if e.rtt_ms is not None and "peer-relay" in (e.path, e.back_path)]
+    one_way = [e for e in run if e.derp_legs == 1]
     return {"sent": len(run), "lost": len(lost), "lost_seqs": lost,
             "seconds_off_relay": round(len(off) * interval, 1),
-            "seconds_relayed_one_way": round(len(one_way) * interval, 1),
+            "seconds_derp_one_way": round(len(one_way) * interval, 1),
             "relays": sorted({e.relay_endpoint for e in run if e.relay_endpoint}),
             "last_path": run[-1].route if run else "none"}
 
 
 def timeline(run: list[Echo]) -> str:
-    """One line per stretch of echoes on one route (lost ones apart): when, the route (out/back when they differ),
-    the relay or DERP region out, how many, median round trip."""
+    """One line per stretch of echoes on one route (lost ones apart): when, the route, the LAN device's relay or DERP
+    region out, what the workload's status named back, how many, median round trip."""
     lines, stretch = [], []
 
     def key(echo: Echo):
-        return ("lost", "") if echo.rtt_ms is None else (echo.route, echo.via)
+        return ("lost", "", "") if echo.rtt_ms is None else (echo.route, echo.via, echo.back_path)
 
     def flush():
         if not stretch:
             return
-        what, via = key(stretch[0])
+        what, via, back = key(stretch[0])
         rtts = sorted(e.rtt_ms for e in stretch if e.rtt_ms is not None)
         median = f", median {rtts[len(rtts) // 2]:.2f} ms" if rtts else ""
-        lines.append(f"{stretch[0].sent_s:7.1f} s to {stretch[-1].sent_s:7.1f} s  {what:<16} {via:<40} "
+        lines.append(f"{stretch[0].sent_s:7.1f} s to {stretch[-1].sent_s:7.1f} s  {what:<12} {via:<40} {'back: ' + back if back else '':<16} "
                      f"{len(stretch):4d} echoes{median}")
     for echo in run:
         if stretch and key(echo) != key(stretch[0]):
@@ -144,8 +170,10 @@ class PathProbe:
     RATE echoes a second to the workload's tailnet IPv4 address; both ways' paths polled every PATH_EVERY seconds
     (the workload's through its node's container runtime, so also while the API server is away)."""
 
-    def __init__(self, net, rate: float = 5.0, path_every: float = 0.5):
+    def __init__(self, net, rate: float = 5.0, path_every: float = 0.5, derp_leg_ms: float | None = None):
         self.net, self.interval, self.path_every = net, 1.0 / rate, path_every
+        # what one way through DERP adds to a round trip: the test tailnet's DERP delay
+        self.derp_leg_ms = derp_leg_ms if derp_leg_ms is not None else net.derp_delay_ms
         self.paths: list[PathSample] = []  # the LAN device's, to the workload
         self.back_paths: list[PathSample] = []  # the workload's, to the LAN device
         self.echoes: list[Echo] = []
@@ -191,7 +219,7 @@ class PathProbe:
             poller.join(timeout=30)
         # the echoes still in flight when ping stopped were cut off, not lost
         self.echoes = [e for e in echoes("".join(self._lines), self.started, self.interval, self.paths,
-                                         self.back_paths)
+                                         self.back_paths, self.derp_leg_ms)
                        if e.rtt_ms is not None or e.sent_s < stopped - self.started - IN_FLIGHT]
 
     def current_path(self) -> tuple[PathSample | None, PathSample | None]:
@@ -200,12 +228,11 @@ class PathProbe:
 
     def relayed_again(self, endpoints: set[str], count: int = 5) -> bool:
         """While the probe runs: whether the last COUNT echoes whose answer is due (sent over IN_FLIGHT seconds ago)
-        were all answered through a peer relay both ways, out through a relay at one of ENDPOINTS (ip:port). The
-        statuses alone are not enough: each names a relay path until that path's trust runs out (6.5 s after its
-        last pong, magicsock trustUDPAddrDuration), dead or not. (The workload, in the cluster, may reach the relay at
-        another of its addresses: the way back's relay is not checked.)"""
+        were all relayed (Echo.relayed: no way through DERP), out through a relay at one of ENDPOINTS (ip:port). The
+        LAN device's status alone is not enough: it names a relay path until that path's trust runs out (6.5 s after
+        its last pong, magicsock trustUDPAddrDuration), dead or not, and the reply may come back via DERP."""
         due = [e for e in echoes("".join(self._lines), self.started, self.interval, list(self.paths),
-                                 list(self.back_paths))
+                                 list(self.back_paths), self.derp_leg_ms)
                if e.sent_s < time.time() - self.started - IN_FLIGHT][-count:]
         return len(due) == count and all(e.relayed and e.relay_endpoint in endpoints for e in due)
 
@@ -216,4 +243,5 @@ class PathProbe:
         return timeline(self.echoes)
 
     def to_json(self) -> dict:
-        return {"interval_s": self.interval, "summary": self.summary(), "echoes": [asdict(e) for e in self.echoes]}
+        return {"interval_s": self.interval, "derp_leg_ms": self.derp_leg_ms, "summary": self.summary(),
+                "echoes": [asdict(e) for e in self.echoes]}
