@@ -199,7 +199,9 @@ def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release,
         wanted = after.all_service_endpoints(replicas, PORT)
         came_back = wait("the LAN device answered through a relay again", lambda: probe.relayed_again(wanted))
         time.sleep(SETTLE)
-    ready = all(after.pod_condition(after.pod(i))[0] == "Ready" for i in range(replicas))
+    # the LAN device can be back on another relay before the one the event took away is Ready again
+    ready = wait("every relay of the release to be Ready again",
+                 lambda: all(after.pod_condition(after.pod(i))[0] == "Ready" for i in range(replicas)))
     settings = all(after.relay_settings(after.pod(i)) == (str(PORT), after.service_endpoints(i, PORT))
                    for i in range(replicas))
     summary = probe.summary()

@@ -89,13 +89,21 @@ def test_every_event_ran_with_one_and_two_relays_and_recorded_every_echo(events)
         echoes = run["probe"]["echoes"]
         assert len(echoes) == run["sent"] and [e["seq"] for e in echoes] == list(range(1, run["sent"] + 1)), run["event"]
         assert sum(e["rtt_ms"] is None for e in echoes) == run["lost"], run["event"]
+        assert all("back_path" in e for e in echoes), f"{run['event']}: recorded without the workload's way back"
+        assert "hit_relay_in_use" in run, f"{run['event']}: recorded without the relay in use when it began"
     assert (REPO / "bench" / "events.png").stat().st_size > 10_000, "the events plot is missing"
 
 
+def yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
 def event_lines(events) -> list[str]:
+    """The README table's row per run: event, relays, echoes lost, seconds off the relay, of them with one way through
+    DERP, whether it began on the relay it acts on, whether everything came back by itself."""
     return [f"| {run['event']} | {run['replicas']} | {run['lost']} of {run['sent']} | {run['seconds_off_relay']} s | "
-            f"{'yes' if run['came_back'] and run['ready'] and run['settings_right'] else 'no'} |"
-            for run in events["runs"]]
+            f"{run['seconds_derp_one_way']} s | {yes(run['hit_relay_in_use'])} | "
+            f"{yes(run['came_back'] and run['ready'] and run['settings_right'])} |" for run in events["runs"]]
 
 
 def test_readme_quotes_the_event_results(events):
