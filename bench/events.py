@@ -5,8 +5,9 @@ count, a fresh release of the write-up's setup, the LAN device relaying through 
 (tests/support/probe.py: ICMP echoes 5 a second, each with the path the LAN device sent it on, the workload's path
 back as its status names it, and how many ways went through DERP by its round trip) through the event and until the
 LAN device is answered through a relay of the release both ways again (or TIMEOUT). Writes bench/events.json (per run:
-echoes sent and lost, seconds off the relay, of them seconds with one way through DERP, the relay in use when the event began and whether the event took it away, whether it came back by
-itself, with its settings right and Ready, and every echo) and bench/events.png (round trip and route over time, per
+echoes sent and lost, seconds off the relay, of them seconds with one way through DERP, the relay in use when the
+event began and whether it is the one the event acts on, whether everything came back by itself, with its settings
+right and Ready, and every echo) and bench/events.png (round trip and route over time, per
 run). It measures and records; it asserts nothing (tests/integration/test_availability.py asserts what must hold).
 
 The cluster has two nodes (scripts/cluster: a control plane that runs workloads, and a worker). The node events (a

@@ -95,10 +95,11 @@ def test_a_drain_of_the_node_whose_relay_is_in_use_leaves_the_lan_on_a_relay_pat
         # the relay there is evicted through the PodDisruptionBudget and made again on the other node
         drain(node)
         uncordon(node)
-        wait_relayed_again(probe, release, release.all_service_endpoints(2, PORT), 180)
+        endpoints = release.all_service_endpoints(2, PORT)
+        wait_relayed_again(probe, release, endpoints, 180)
     summary, story = story_of(probe)
     assert summary["last_path"] == "peer-relay", f"the LAN device should end on a relay path:\n{story}"
-    assert set(summary["relays"]) <= release.all_service_endpoints(2, PORT), f"only this release's relays should answer:\n{story}"
+    assert set(summary["relays"]) <= endpoints, f"only this release's relays should answer:\n{story}"
     assert_relay_right(release, story, replicas=2)
 
 

@@ -109,13 +109,6 @@ def worker_node() -> str:
     return f"{_cluster_name()}-worker"
 
 
-def cluster_nodes() -> list[str]:
-    """The kind nodes' container (and node) names, by kind's own label on them."""
-    return subprocess.run(["docker", "ps", "-a", "--filter", f"label=io.x-k8s.kind.cluster={_cluster_name()}",
-                           "--format", "{{.Names}}"], capture_output=True, text=True, timeout=30,
-                          check=True).stdout.split()
-
-
 def in_control_plane(*command: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """kubectl COMMAND as the cluster's admin, run on the control-plane node (its kubectl: this host need not have
     one)."""

@@ -10,9 +10,9 @@ status names DERP and it sends on its candidate path and via DERP at once. Which
 its round trip, because the test tailnet's DERP server is DERP_DELAY_MS away (scripts/images/derp-delay) and every
 other path is local: each way through DERP adds that delay (one way through DERP after a loss: about 32 ms; both:
 about 65 ms; a relay both ways: 1 to 3 ms). So a way counts as through DERP when its peer's status names DERP and the
-round trip says so (a round trip alone is not enough: on a busy machine a relayed echo takes 20 to 40 ms at times).
-An echo is relayed when the LAN device sent it through a peer relay and no way went through DERP. The result reads as a timeline
-(people) and as JSON (code, the benchmark's results).
+round trip says so (a round trip alone is not enough: on a busy machine a relayed echo takes 20 to 200 ms at times).
+An echo is relayed when the LAN device sent it through a peer relay and no way went through DERP. The result reads
+as a timeline (people) and as JSON (code, the benchmark's results).
 """
 from __future__ import annotations
 
@@ -154,7 +154,8 @@ def timeline(run: list[Echo]) -> str:
         what, via, back = key(stretch[0])
         rtts = sorted(e.rtt_ms for e in stretch if e.rtt_ms is not None)
         median = f", median {rtts[len(rtts) // 2]:.2f} ms" if rtts else ""
-        lines.append(f"{stretch[0].sent_s:7.1f} s to {stretch[-1].sent_s:7.1f} s  {what:<12} {via:<40} {'back: ' + back if back else '':<16} "
+        back = f"back: {back}" if back else ""
+        lines.append(f"{stretch[0].sent_s:7.1f} s to {stretch[-1].sent_s:7.1f} s  {what:<12} {via:<40} {back:<16} "
                      f"{len(stretch):4d} echoes{median}")
     for echo in run:
         if stretch and key(echo) != key(stretch[0]):
@@ -180,7 +181,8 @@ class PathProbe:
         self._stop = threading.Event()
 
     def _poll(self, peer, samples: list[PathSample]):
-        """Appends PEER()'s path (a peer entry of `tailscale status --json`, None if absent) to SAMPLES until stopped."""
+        """Appends PEER()'s path (a peer entry of `tailscale status --json`, None if absent) to SAMPLES until
+        stopped."""
         while not self._stop.is_set():
             try:
                 samples.append(PathSample(time.time(), *path_of(peer() or {})))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from support.cluster import cluster_nodes, setting
+from support.cluster import control_plane_node, setting
 from support.repo import REPO
 from support.wait import wait_for
 
@@ -170,20 +170,22 @@ class Tailnet:
             self._workload_container = self._find_workload_container()
         node, container = self._workload_container
         result = subprocess.run(["docker", "exec", node, "crictl", "exec", container, "tailscale",
-                                 f"--socket={WORKLOAD_SOCKET}", *args], capture_output=True, text=True, timeout=timeout)
+                                 f"--socket={WORKLOAD_SOCKET}", *args],
+                                capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:  # the container may be another one now: look it up again next time
             self._workload_container = None
         return result
 
     def _find_workload_container(self) -> tuple[str, str]:
-        """The kind node the workload runs on, and its tailscale container's runtime id."""
-        for node in cluster_nodes():
-            found = subprocess.run(["docker", "exec", node, "crictl", "ps", "-q", "--state", "running", "--name",
-                                    "^tailscale$", "--label", f"io.kubernetes.pod.namespace={self.workload_namespace}"],
-                                   capture_output=True, text=True, timeout=30).stdout.split()
-            if found:
-                return node, found[0]
-        raise OSError(f"no running workload container in namespace {self.workload_namespace} on {cluster_nodes()}")
+        """The kind node the workload runs on (the control plane: its manifest's nodeSelector), and its tailscale
+        container's runtime id."""
+        node = control_plane_node()
+        found = subprocess.run(["docker", "exec", node, "crictl", "ps", "-q", "--state", "running", "--name",
+                                "^tailscale$", "--label", f"io.kubernetes.pod.namespace={self.workload_namespace}"],
+                               capture_output=True, text=True, timeout=30).stdout.split()
+        if not found:
+            raise OSError(f"no running workload container in namespace {self.workload_namespace} on {node}")
+        return node, found[0]
 
     def workload_peer(self, public_key: str) -> dict | None:
         """The workload's entry for the peer with PUBLIC_KEY (the LAN device's) in its `tailscale status --json`."""

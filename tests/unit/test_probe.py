@@ -70,7 +70,8 @@ def test_an_echo_is_relayed_only_when_sent_through_a_relay_and_no_way_went_throu
     # 1: the workload's status named DERP, but a 1.1 ms round trip went through no DERP; 5: out via DERP;
     # 6: out through the relay, and 16.1 ms: back via DERP
     assert [e.relayed for e in run] == [True, True, False, False, False, False, False]
-    assert [e.route for e in run] == ["peer-relay", "peer-relay", "lost", "lost", "derp-one-way", "derp-one-way", "lost"]
+    assert [e.route for e in run] == ["peer-relay", "peer-relay", "lost", "lost", "derp-one-way", "derp-one-way",
+                                      "lost"]
 
 
 def test_the_summary_counts_what_a_lan_user_lost_and_the_time_off_a_relay():
