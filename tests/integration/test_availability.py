@@ -35,10 +35,12 @@ def relaying(release, tailnet) -> set[str]:
 
 
 def wait_relayed_again(probe, release, endpoints: set[str], timeout: int) -> None:
-    """Waits until the LAN device is answered through the release's relay again, then lets the probe see it a while."""
+    """Waits until the LAN device is answered through the release's relay again, by echoes sent after the event
+    (called when it is over), then lets the probe see it a while."""
+    ended = time.time()
     wait_for(probe.current_path, "the LAN device to be answered through the relay again, both ways (seen: the paths "
              "the LAN device and the workload send on)", timeout,
-             until=lambda _: probe.relayed_again(endpoints), explain=relay_side(release))
+             until=lambda _: probe.relayed_again(endpoints, since=ended), explain=relay_side(release))
     time.sleep(SETTLE_SECONDS)
 
 

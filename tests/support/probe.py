@@ -228,14 +228,17 @@ class PathProbe:
         """The paths both ways now (the latest polls: the LAN device's, the workload's), while the probe runs."""
         return (self.paths[-1] if self.paths else None), (self.back_paths[-1] if self.back_paths else None)
 
-    def relayed_again(self, endpoints: set[str], count: int = 5) -> bool:
-        """While the probe runs: whether the last COUNT echoes whose answer is due (sent over IN_FLIGHT seconds ago)
-        were all relayed (Echo.relayed: no way through DERP), out through a relay at one of ENDPOINTS (ip:port). The
-        LAN device's status alone is not enough: it names a relay path until that path's trust runs out (6.5 s after
-        its last pong, magicsock trustUDPAddrDuration), dead or not, and the reply may come back via DERP."""
+    def relayed_again(self, endpoints: set[str], count: int = 5, since: float | None = None) -> bool:
+        """While the probe runs: whether the last COUNT echoes whose answer is due (sent over IN_FLIGHT seconds ago),
+        of those sent after SINCE (a time.time(); an event's end), were all relayed (Echo.relayed: no way through
+        DERP), out through a relay at one of ENDPOINTS (ip:port). The LAN device's status alone is not enough: it names
+        a relay path until that path's trust runs out (6.5 s after its last pong, magicsock trustUDPAddrDuration), dead
+        or not, and the reply may come back via DERP. Without SINCE, echoes answered before a relay stopped would
+        count: a pod is gone a moment after its relay stopped answering."""
+        after = -1.0 if since is None else since - self.started
         due = [e for e in echoes("".join(self._lines), self.started, self.interval, list(self.paths),
                                  list(self.back_paths), self.derp_leg_ms)
-               if e.sent_s < time.time() - self.started - IN_FLIGHT][-count:]
+               if after <= e.sent_s < time.time() - self.started - IN_FLIGHT][-count:]
         return len(due) == count and all(e.relayed and e.relay_endpoint in endpoints for e in due)
 
     def summary(self) -> dict:

@@ -132,6 +132,20 @@ def test_relayed_again_needs_answered_echoes_through_the_relay_both_ways(lines, 
     assert probe.relayed_again({"[fc00:f853:ccd:e793::c8]:61441", "172.18.255.200:61441"}) is relayed
 
 
+@pytest.mark.parametrize("since, relayed", [(None, True), (1.0, True), (1.5, False)],
+                         ids=["every echo", "five sent after the event", "three sent after the event"])
+def test_relayed_again_counts_only_echoes_sent_after_the_event(since, relayed, monkeypatch):
+    # ten echoes through the relay both ways, sent 0.0 to 1.8 s after the probe began, all due at 4.0 s: an event that
+    # ended at 1.5 s has three after it, too few to say the LAN device is back (those before may predate the loss)
+    from support import probe as module
+
+    probe = module.PathProbe(net=None, derp_leg_ms=DERP_MS)
+    probe.started, probe._lines, probe.paths, probe.back_paths = STARTED, [answered(1.2)], ON_RELAY, BACK_ON_RELAY
+    monkeypatch.setattr(module.time, "time", lambda: STARTED + 4.0)
+    assert probe.relayed_again({"[fc00:f853:ccd:e793::c8]:61441"},
+                               since=None if since is None else STARTED + since) is relayed
+
+
 def test_echoes_still_in_flight_when_the_probe_stops_are_not_counted_lost(monkeypatch):
     from support import probe as module
 
