@@ -10,12 +10,13 @@ event began and whether it is the one the event acts on, whether everything came
 right and Ready, and every echo) and bench/events.png (round trip and route over time, per
 run). It measures and records; it asserts nothing (tests/integration/test_availability.py asserts what must hold).
 
-The cluster has two nodes (scripts/cluster: a control plane that runs workloads, and a worker). The node events (a
-drain, a node lost) hit the worker, and the LAN device is first made to relay through a relay there
-(support.tailnet.relay_through_node), so they hit the relay in use and the API server stays up; for the other events
-the LAN device relays through relay 0 first (support.tailnet.relay_through), the one a deleted pod or a replaced
-release takes away. With two relays the LAN device keeps relaying a while before the event (--settle), and is steered
-again if it moved to the other relay meanwhile. The workload runs on the control plane (scripts/images/workload.yaml).
+The cluster has two nodes (scripts/cluster: a control plane that runs workloads, and a worker). Each event acts on
+what the LAN device uses when it begins, found then rather than forced: with two relays the LAN device picks one of
+its own and keeps relaying through it a while (--settle, so that it has tried both); a deleted pod is then the pod of
+the relay in use, and the events on every relay (an upgrade, the API server, the speakers, a replaced release) take
+whichever it is. The node events (a drain, a node lost) hit the worker, so that the API server and the workload (on
+the control plane, scripts/images/workload.yaml) stay up: the LAN device is first made to relay through the relay
+there (support.tailnet.relay_through_node), and is steered again when it moved to the other relay while it settled.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from support.cluster import drain, on_cluster, start_node, stop_api_server, stop
 from support.probe import Echo, PathProbe
 from support.release import Release
 from support.repo import REPO, versions
-from support.tailnet import Tailnet, forget_offline_relays, relay_through, relay_through_node, wait_for_no_relays
+from support.tailnet import Tailnet, forget_offline_relays, relay_side, relay_through_node, relayed, wait_for_no_relays
 from support.values import deep_merge
 from support.wait import wait_for
 
@@ -46,12 +47,13 @@ SETTLE = 3
 # how long a lost node stays away: past the controller-manager's node-monitor-grace-period (40 s), so the node is
 # NotReady and its endpoints leave the Services before it comes back
 NODE_AWAY_S = 60
-# seconds the LAN device keeps relaying before an event with several relays (--settle): the LAN device's firewall
-# dropped the other relays' addresses while it was made to relay through one, and its relay path discovery tries
-# them again only at its next round (upgradeUDPRelayInterval, 1 min, on a working relay path)
+# seconds the LAN device keeps relaying before an event with several relays (--settle): its relay path discovery
+# runs again within a minute on a working relay path (upgradeUDPRelayInterval), so by then it has tried every relay
+# (also those its firewall dropped while it was steered to the worker's), and the relay it uses is its own choice
 SETTLE_BEFORE_S = 65
-# how many times the LAN device is steered to the relay an event acts on, when it moves to another one while it settles
-STEER_TRIES = 3
+# how many times the LAN device is steered to the worker's relay for a node event, when it moves to the other relay
+# while it settles (the two are alike to it: about half the settles end on either)
+STEER_TRIES = 4
 
 
 def log(message: str) -> None:
@@ -76,20 +78,25 @@ def wait(what: str, check, timeout: int = TIMEOUT) -> bool:
         return False
 
 
-# Each event: (name, what it does, function(relay, replicas, core) -> the release the LAN should end on).
-def rolling_upgrade(relay, replicas, core):
+# Each event: function(relay, replicas, core, in_use) -> the release the LAN should end on; IN_USE is the index of
+# the relay the LAN device uses when it begins.
+def rolling_upgrade(relay, replicas, core, in_use):
     """helm upgrade with another pod template: the StatefulSet replaces each relay pod in turn."""
     relay.upgrade(deep_merge(values_for(replicas), {"podAnnotations": {"example.com/rollout": str(time.time_ns())}}))
     return relay
 
 
-def pod_deleted(relay, replicas, core):
-    """kubectl delete pod of relay 0 (a crash, an eviction): the StatefulSet makes it again."""
-    core.delete_namespaced_pod(relay.pod(0), relay.namespace)
+def pod_deleted(relay, replicas, core, in_use):
+    """kubectl delete pod of the relay in use (a crash, an eviction): the StatefulSet makes it again (waited for: the
+    event is over once the old relay is gone)."""
+    pod = relay.pod(in_use)
+    old_uid = relay.pod_condition(pod)[1]
+    core.delete_namespaced_pod(pod, relay.namespace)
+    relay.wait_replaced(pod, old_uid)
     return relay
 
 
-def api_server_restart(relay, replicas, core):
+def api_server_restart(relay, replicas, core, in_use):
     """The API server's static pod restarts (a control-plane upgrade): its container stopped, the kubelet starts it."""
     stop_api_server()
     time.sleep(2)
@@ -97,14 +104,14 @@ def api_server_restart(relay, replicas, core):
     return relay
 
 
-def speaker_restart(relay, replicas, core):
+def speaker_restart(relay, replicas, core, in_use):
     """The MetalLB speaker that announces the relay's address restarts."""
     for pod in core.list_namespaced_pod("metallb-system", label_selector="component=speaker").items:
         core.delete_namespaced_pod(pod.metadata.name, "metallb-system")
     return relay
 
 
-def relay_replaced(relay, replicas, core):
+def relay_replaced(relay, replicas, core, in_use):
     """The relay in use is replaced by another: helm uninstall, then another release installed."""
     relay.uninstall()
     other = Release(relay.core.api_client, relay.namespace, name="other")
@@ -112,7 +119,7 @@ def relay_replaced(relay, replicas, core):
     return other
 
 
-def node_drained(relay, replicas, core):
+def node_drained(relay, replicas, core, in_use):
     """kubectl drain of the node whose relay the LAN device uses (its relay evicted through the PodDisruptionBudget
     and made again on another node), then kubectl uncordon: the maintenance is over."""
     drain(worker_node())
@@ -120,7 +127,7 @@ def node_drained(relay, replicas, core):
     return relay
 
 
-def node_lost(relay, replicas, core):
+def node_lost(relay, replicas, core, in_use):
     """The node whose relay the LAN device uses is lost (its kind container stopped) for NODE_AWAY_S, then comes back
     and is Ready again. A StatefulSet does not make a lost node's pod again elsewhere (at most one pod per identity)."""
     node = worker_node()
@@ -137,20 +144,22 @@ def node_lost(relay, replicas, core):
     return relay
 
 
-# events on the worker: the LAN device relays through a relay there first
-ON_WORKER = {node_drained, node_lost}
+# What an event acts on, so what the LAN device must use when it begins (aim()).
+RELEASE = "a relay of the release"  # every relay: whichever the LAN device picked
+IN_USE = "the relay in use"  # the one the LAN device picked
+WORKER = "the worker's relay"  # its node: the LAN device steered there (the control plane keeps the API server)
 
-EVENTS = [("rolling upgrade", rolling_upgrade), ("relay pod deleted", pod_deleted),
-          ("API server restart", api_server_restart), ("MetalLB speaker restart", speaker_restart),
-          ("relay replaced by another release", relay_replaced), ("node drained", node_drained),
-          ("node lost for a minute", node_lost)]
+EVENTS = [("rolling upgrade", rolling_upgrade, RELEASE), ("relay pod deleted", pod_deleted, IN_USE),
+          ("API server restart", api_server_restart, RELEASE), ("MetalLB speaker restart", speaker_restart, RELEASE),
+          ("relay replaced by another release", relay_replaced, RELEASE), ("node drained", node_drained, WORKER),
+          ("node lost for a minute", node_lost, WORKER)]
 
 
 def values_for(replicas: int) -> dict:
     return SEED if replicas == 1 else deep_merge(SEED, on_cluster("replicas"))
 
 
-def run(api, core, net: Tailnet, name: str, event, replicas: int, settle: int) -> dict:
+def run(api, core, net: Tailnet, name: str, event, target: str, replicas: int, settle: int) -> dict:
     """One event with REPLICAS relays, in a namespace of its own (deleted afterwards, as the tests do)."""
     log(f"{name}, {replicas} relay(s)")
     wait_for_no_relays(core)
@@ -158,7 +167,7 @@ def run(api, core, net: Tailnet, name: str, event, replicas: int, settle: int) -
     namespace = f"{NAMESPACE}-{time.time_ns() % 10**8}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     try:
-        return measure(core, net, name, event, replicas, Release(api, namespace), settle)
+        return measure(core, net, name, event, target, replicas, Release(api, namespace), settle)
     finally:
         core.delete_namespace(namespace)
 
@@ -170,35 +179,41 @@ def relay_in_use(net: Tailnet) -> str | None:
     return best if through.count(best) * 2 > len(through) else None
 
 
-def steer(net: Tailnet, event, relay: Release, replicas: int, settle: int) -> tuple[set[str], str | None]:
-    """Makes the LAN device relay through the relay the event acts on (relay 0, or one on the worker for the node
-    events); with several relays it then keeps relaying SETTLE seconds, and is steered again (at most STEER_TRIES
-    times) when it moved to another relay meanwhile: an event must take away the relay in use. Returns the target's
-    endpoints and the relay in use when the event begins."""
+def aim(net: Tailnet, target: str, relay: Release, replicas: int, settle: int) -> tuple[int | None, str | None, bool]:
+    """Makes the LAN device relay through what the event acts on (TARGET): for the worker's relay it is steered there
+    (relay_through_node), otherwise it picks a relay of the release itself. With several relays it then keeps relaying
+    SETTLE seconds, and the relay in use is the one it relays through after that; a node event steers again (at most
+    STEER_TRIES times) when that is not the worker's. Returns the index of the relay in use (None when the LAN device
+    is on no relay of the release), its endpoint, and whether the event acts on it."""
+    endpoints = relay.all_service_endpoints(replicas, PORT)
     for attempt in range(1, STEER_TRIES + 1):
-        if event in ON_WORKER:
-            _, target = relay_through_node(net, relay, replicas, PORT, worker_node())
+        if target == WORKER:
+            relay_through_node(net, relay, replicas, PORT, worker_node())
         else:
-            target = relay_through(net, relay, replicas, PORT, 0)
-        if replicas == 1:
-            return target, relay_in_use(net)
-        time.sleep(settle)
-        in_use = relay_in_use(net)
-        if in_use in target:
-            return target, in_use
-        log(f"the LAN device moved to {in_use or 'another path'} while it settled (try {attempt} of {STEER_TRIES})")
-    return target, in_use
+            net.ping_until(relayed(endpoints), 300, "a relay of the release", relay_side(relay, replicas))
+        if replicas > 1:
+            time.sleep(settle)
+        endpoint = relay_in_use(net)
+        index = next((i for i in range(replicas) if endpoint in relay.service_endpoints(i, PORT)), None)
+        hit = index is not None and (target != WORKER or relay.pod_nodes(replicas)[index] == worker_node())
+        if hit or target != WORKER:
+            return index, endpoint, hit
+        log(f"the LAN device moved to {endpoint or 'another path'} while it settled (try {attempt} of {STEER_TRIES})")
+    return index, endpoint, hit
 
 
-def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release, settle: int) -> dict:
+def measure(core, net: Tailnet, name: str, event, target: str, replicas: int, relay: Release, settle: int) -> dict:
     relay.install(values_for(replicas))
-    target, in_use = steer(net, event, relay, replicas, settle)
+    index, in_use, hit = aim(net, target, relay, replicas, settle)
     started = time.monotonic()
     with PathProbe(net) as probe:
-        after = event(relay, replicas, core)
+        # with the LAN device on no relay of the release (it settled on DERP), a deleted pod is relay 0's
+        after = event(relay, replicas, core, 0 if index is None else index)
         event_s = round(time.monotonic() - started, 1)
+        ended = time.time()
         wanted = after.all_service_endpoints(replicas, PORT)
-        came_back = wait("the LAN device answered through a relay again", lambda: probe.relayed_again(wanted))
+        came_back = wait("the LAN device answered through a relay again",
+                         lambda: probe.relayed_again(wanted, since=ended))
         time.sleep(SETTLE)
     # the LAN device can be back on another relay before the one the event took away is Ready again
     ready = wait("every relay of the release to be Ready again",
@@ -209,7 +224,7 @@ def measure(core, net: Tailnet, name: str, event, replicas: int, relay: Release,
     log(f"{name}, {replicas} relay(s): {summary['lost']} of {summary['sent']} echoes lost, "
         f"{summary['seconds_off_relay']} s off the relay, back: {came_back}\n{probe.timeline()}")
     return {"event": name, "replicas": replicas, "event_s": event_s, "came_back": came_back, "ready": ready,
-            "settings_right": settings, "relay_in_use": in_use, "hit_relay_in_use": in_use in target,
+            "settings_right": settings, "acts_on": target, "relay_in_use": in_use, "hit_relay_in_use": hit,
             **{k: summary[k] for k in ("sent", "lost", "seconds_off_relay", "seconds_derp_one_way", "relays")},
             "timeline": probe.timeline().splitlines(), "probe": probe.to_json()}
 
@@ -258,7 +273,7 @@ def main() -> None:
     core = client.CoreV1Api(api)
     net = Tailnet()
     net.firewall("closed")
-    runs = [run(api, core, net, name, event, replicas, args.settle) for name, event in EVENTS
+    runs = [run(api, core, net, name, event, target, replicas, args.settle) for name, event, target in EVENTS
             if not args.only or args.only in name for replicas in args.replicas]
     pins = versions()
     results = {"environment": {"date": datetime.date.today().isoformat(), "tailscale": pins["TAILSCALE_VERSION"],
