@@ -118,8 +118,11 @@ def in_control_plane(*command: str, timeout: int = 600) -> subprocess.CompletedP
 
 def drain(node: str) -> None:
     """`kubectl drain NODE` as a node's maintenance does it: cordoned, every pod but DaemonSets' evicted through the
-    eviction API (which honours PodDisruptionBudgets, retrying until they allow it)."""
+    eviction API (which honours PodDisruptionBudgets, retrying until they allow it). A drain that fails (a budget
+    that allows no eviction) uncordons NODE before it fails, so that the tests after it can schedule there."""
     result = in_control_plane("drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=300s")
+    if result.returncode != 0:
+        uncordon(node)
     assert result.returncode == 0, f"kubectl drain {node} failed:\n{result.stdout}\n{result.stderr}"
 
 
