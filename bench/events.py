@@ -89,10 +89,7 @@ def rolling_upgrade(relay, replicas, core, in_use):
 def pod_deleted(relay, replicas, core, in_use):
     """kubectl delete pod of the relay in use (a crash, an eviction): the StatefulSet makes it again (waited for: the
     event is over once the old relay is gone)."""
-    pod = relay.pod(in_use)
-    old_uid = relay.pod_condition(pod)[1]
-    core.delete_namespaced_pod(pod, relay.namespace)
-    relay.wait_replaced(pod, old_uid)
+    relay.replace_pod(relay.pod(in_use))
     return relay
 
 

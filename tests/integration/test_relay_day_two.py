@@ -183,9 +183,7 @@ def test_a_deleted_relay_pod_comes_back_relaying_without_the_hook(release):
     release.install(SEED)
     pod = release.pod(0)
     eventually_advertises(release, 0)
-    old_uid = release.core.read_namespaced_pod(pod, release.namespace).metadata.uid
-    release.core.delete_namespaced_pod(pod, release.namespace)
-    release.wait_replaced(pod, old_uid, WITHIN)
+    release.replace_pod(pod, WITHIN)
     eventually_advertises(release, 0)
 
 
@@ -215,11 +213,9 @@ def test_a_deleted_state_secret_is_written_back_and_the_relay_logs_in_again(rele
     pod, state = release.pod(0), release.names.state_secret(0)
     eventually_advertises(release, 0)
     old_key, _ = release.node_identity(pod)
-    old_uid = release.core.read_namespaced_pod(pod, release.namespace).metadata.uid
     # Deleted by hand (or by a tool that prunes it), then the pod restarts: tailscaled starts with no state.
     release.core.delete_namespaced_secret(state, release.namespace)
-    release.core.delete_namespaced_pod(pod, release.namespace)
-    release.wait_replaced(pod, old_uid, WITHIN)
+    release.replace_pod(pod, WITHIN)
     eventually_advertises(release, 0)
     new_key, _ = release.node_identity(pod)
     assert new_key != old_key, "with its state gone the relay should have logged in again as a new node"

@@ -146,6 +146,12 @@ class Release:
                  explain=self.describe)
         return self.core.read_namespaced_pod(pod, self.namespace)
 
+    def replace_pod(self, pod: str, timeout: int = 180) -> client.V1Pod:
+        """Deletes POD (a crash, an eviction, kubectl delete pod) and waits until the StatefulSet's next one is Ready."""
+        old_uid = self.core.read_namespaced_pod(pod, self.namespace).metadata.uid
+        self.core.delete_namespaced_pod(pod, self.namespace)
+        return self.wait_replaced(pod, old_uid, timeout)
+
     def agent_log(self, pod: str) -> str:
         """The agent's log (what it saw and set), for people reading a failure."""
         try:

@@ -264,9 +264,7 @@ def relay_through_node(net: "Tailnet", release, replicas: int, port: int, node: 
         for other in others:
             release.core.patch_node(other, {"spec": {"unschedulable": True}})
         try:
-            old_uid = release.pod_condition(release.pod(0))[1]
-            release.core.delete_namespaced_pod(release.pod(0), release.namespace)
-            release.wait_replaced(release.pod(0), old_uid)
+            release.replace_pod(release.pod(0))
         finally:
             for other in others:
                 release.core.patch_node(other, {"spec": {"unschedulable": False}})
