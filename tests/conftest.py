@@ -12,6 +12,12 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(f"missing {', '.join(missing)}: run scripts/setup first")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked gitops run last, in their order: they need Flux and Argo CD, which scripts/cluster up builds
+    and deploys in the background while everything else runs."""
+    items[:] = sorted(items, key=lambda item: item.get_closest_marker("gitops") is not None)
+
+
 @pytest.fixture(scope="session")
 def tool():
     """Path of a pinned tool in .tools/bin; fails (not skips) when setup did not install it."""

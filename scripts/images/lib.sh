@@ -49,6 +49,9 @@ DERP_DELAY_PIDFILE="$CACHE/derp-delay.pid"
 # The OCI registry the distribution tests push the chart to (and Flux pulls it from): plain HTTP.
 REGISTRY_CONTAINER="$CLUSTER_NAME-registry"
 REGISTRY_PORT=5000
+# scripts/images/gitops (Flux and Argo CD, built and deployed in the background): its state, as JSON, and its log
+GITOPS_STATE="$CACHE/gitops-$CLUSTER_NAME.json"
+GITOPS_LOG="$CACHE/logs/gitops-$CLUSTER_NAME.log"
 
 # The tailnet in a box (scripts/images/tailnet): a "LAN device" (a tailnet client
 # in a docker container on the kind network, outside the cluster) and a

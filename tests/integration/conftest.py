@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support.cluster import unavailable
+from support.cluster import unavailable, wait_for_gitops
 from support.wait import wait_for
 from support.release_keys import gpg_key, run_release
 from support.repo import CHART_NAME, REPO, TOOLS
@@ -49,6 +49,14 @@ def core(kube_api):
     from kubernetes import client
 
     return client.CoreV1Api(kube_api)
+
+
+@pytest.fixture(scope="session")
+def gitops(kube_api):
+    """Flux and Argo CD deployed. scripts/cluster up builds and deploys them in the background
+    (scripts/images/gitops); this waits for that, and fails with its log when it failed. The tests that use it are
+    marked gitops and run last (tests/conftest.py), so the rest of the suite runs while they build."""
+    return wait_for_gitops()
 
 
 @pytest.hookimpl(hookwrapper=True)

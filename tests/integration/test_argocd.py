@@ -16,7 +16,7 @@ from support.custom_object import CustomObject
 from support.release import Release
 from support.wait import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.gitops]
 
 ARGOCD_NAMESPACE = "argocd"
 PORT = 41641
@@ -99,7 +99,7 @@ def now() -> datetime.datetime:
 
 
 @pytest.fixture
-def app(kube_api, namespace, published):
+def app(kube_api, gitops, namespace, published):
     try:
         client.CustomObjectsApi(kube_api).list_namespaced_custom_object("argoproj.io", "v1alpha1", ARGOCD_NAMESPACE,
                                                                          "applications")

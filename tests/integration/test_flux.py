@@ -14,7 +14,7 @@ from support.release import Release
 from support.values import deep_merge
 from support.wait import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.gitops]
 
 PORT = 41641
 INTERVAL = "30s"  # drift detection runs on every reconciliation
@@ -95,12 +95,12 @@ class Flux:
 
 
 @pytest.fixture
-def flux_api(kube_api, namespace, published):
+def flux_api(kube_api, gitops, namespace, published):
     try:
         client.CustomObjectsApi(kube_api).list_namespaced_custom_object("helm.toolkit.fluxcd.io", "v2", "flux-system",
                                                                          "helmreleases")
     except client.ApiException as error:
-        pytest.fail(f"Flux's HelmRelease API is not installed ({error.reason}): scripts/images/deploy installs it")
+        pytest.fail(f"Flux's HelmRelease API is not installed ({error.reason}): scripts/images/gitops installs it")
     return Flux(kube_api, namespace, published)
 
 

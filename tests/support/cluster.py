@@ -2,14 +2,17 @@
 images, key and control server, layered over a test variant by one rule."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
 from support.repo import REPO, versions
 from support.values import ci_values, deep_merge
+from support.wait import wait_for
 
 ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
 REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "AGENT_IMAGE", "TOOLBOX_IMAGE")
@@ -150,3 +153,49 @@ def stop_api_server() -> None:
                               "crictl stop $(crictl ps -q --name kube-apiserver)"],
                              capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0, f"could not stop the API server: {stopped.stderr}"
+
+
+# How long Flux and Argo CD may take in the background on a fresh machine: two large Go builds at the lowest CPU
+# priority beside the rest of the suite, which runs first (their tests are marked gitops and run last).
+GITOPS_TIMEOUT = 2700
+
+
+def gitops_state(path: Path) -> dict:
+    """The state scripts/images/gitops writes (JSON: state running|ready|failed, pid, log, detail). A run whose
+    process is gone while it says running was killed: failed."""
+    state = json.loads(path.read_text())
+    pid = state.get("pid") or 0
+    if state.get("state") == "running" and pid:
+        try:
+            alive = "images/gitops" in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            alive = False
+        if not alive:
+            state = {**state, "state": "failed", "detail": f"its process {pid} is gone (killed?) while: {state['detail']}"}
+    return state
+
+
+def log_tail(path: str, lines: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"(no log: {error})"
+
+
+def wait_for_gitops(timeout: float = GITOPS_TIMEOUT) -> dict:
+    """Waits until scripts/images/gitops, which scripts/cluster up runs in the background, has built and deployed Flux
+    and Argo CD (its state file, GITOPS_STATE); fails at once when it failed, with the end of its log."""
+    path = Path(setting("GITOPS_STATE"))
+
+    def explain() -> str:
+        state = json.loads(path.read_text()) if path.exists() else {}
+        return f"the end of its log ({state.get('log', '?')}):\n{log_tail(state['log'])}" if "log" in state else ""
+
+    state = wait_for(lambda: gitops_state(path), "scripts/images/gitops to build and deploy Flux and Argo CD "
+                     f"(state {path}, run in the background by scripts/cluster up)", timeout,
+                     until=lambda seen: seen.get("state") != "running", interval=5,
+                     tolerate=(FileNotFoundError, json.JSONDecodeError), explain=explain)
+    if state.get("state") != "ready":
+        pytest.fail(f"Flux and Argo CD are not deployed: scripts/images/gitops says {state.get('state')}: "
+                    f"{state.get('detail')}\n{explain()}")
+    return state
