@@ -86,12 +86,19 @@ class Flux:
         wait_for(check, what, timeout, interval=3,
                  explain=lambda: f"HelmRelease status: {self.status()}\n{self.release.describe()}")
 
-    def wait_ready(self, revision: int):
-        """Ready, with Helm release revision REVISION the latest in Flux's history."""
-        def ready():
-            history = self.status().get("history") or [{}]
-            return self.condition().get("status") == "True" and history[0].get("version") == revision
-        self.wait(ready, f"HelmRelease Ready at release revision {revision}")
+    def wait_status(self, check, what: str, timeout: int = 300) -> dict:
+        """Waits until CHECK holds for one read of the HelmRelease's status, and returns that status.
+        helm-controller writes the conditions and the rest of the status (the history) in two API calls
+        (fluxcd/pkg/runtime/patch Helper.Patch), so a condition and the history read one after the other can
+        disagree: a test that needs both must check them in the same read."""
+        return wait_for(self.status, what, timeout, until=check, interval=3,
+                        explain=lambda: self.release.describe())
+
+    def wait_ready(self, revision: int) -> dict:
+        """Ready, with Helm release revision REVISION the latest in Flux's history; returns that status."""
+        return self.wait_status(lambda status: self.helmrelease.condition("Ready", status).get("status") == "True"
+                                and (status.get("history") or [{}])[0].get("version") == revision,
+                                f"HelmRelease Ready at release revision {revision}")
 
 
 @pytest.fixture
@@ -129,9 +136,18 @@ def install(flux) -> tuple[dict, Release, str]:
     return values, release, pod
 
 
+def finished_tests(snapshot: dict) -> dict:
+    """The test hooks a history SNAPSHOT records, when every one of them has finished (else empty)."""
+    tests = snapshot.get("testHooks") or {}
+    return tests if all(t.get("phase") in ("Succeeded", "Failed") for t in tests.values()) else {}
+
+
 def test_flux_installs_tests_and_keeps_the_relay_identity_through_drift_correction_and_reinstall(flux):
     values, release, pod = install(flux)
-    tests = flux.status()["history"][0].get("testHooks") or {}
+    # the test hooks' phases are in the history, which helm-controller may write a moment after Ready
+    status = flux.wait_status(lambda status: finished_tests(status["history"][0]),
+                              "Flux to record the chart's finished helm test in its history (testHooks)", timeout=120)
+    tests = status["history"][0]["testHooks"]
     assert tests and all(t.get("phase") == "Succeeded" for t in tests.values()), \
         f"Flux should run and record the chart's helm test: {tests}"
     identity, state = release.node_identity(pod), release.state_identities()
@@ -170,11 +186,13 @@ def test_a_failing_upgrade_is_rolled_back_by_flux_and_the_relay_keeps_its_settin
                        "hook": {**values["hook"], "timeoutSeconds": 20}}
     flux.apply_release(broken, upgrade={"timeout": "60s"})
 
-    flux.wait(lambda: flux.condition("Remediated").get("reason") == "RollbackSucceeded",
-              "Flux to roll the failed upgrade back (condition Remediated, reason RollbackSucceeded)", timeout=420)
-    history = flux.status()["history"]
-    assert history[0]["status"] == "deployed" and history[0]["version"] > 2, \
-        f"the newest release should be the rollback: {[(h['version'], h['status']) for h in history]}"
+    status = flux.wait_status(
+        lambda status: flux.helmrelease.condition("Remediated", status).get("reason") == "RollbackSucceeded"
+        and status["history"][0]["version"] > 2,
+        "Flux to roll the failed upgrade back (condition Remediated, reason RollbackSucceeded, and the rollback's "
+        "release in its history)", timeout=420)
+    history = [(h["version"], h["status"]) for h in status["history"]]
+    assert history[0][1] == "deployed", f"the newest release should be the rollback, deployed: {history}"
     # the rollback restored the old values: port and endpoints as before the upgrade
     wait_for(lambda: (release.relay_settings(pod), release.service_endpoints(0, PORT)),
              "the relay to be back on the old port and its Service's addresses after Flux's rollback (seen: its port "

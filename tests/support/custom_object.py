@@ -34,8 +34,10 @@ class CustomObject:
                 return {}
             raise
 
-    def condition(self, kind: str) -> dict:
-        return next((c for c in self.status().get("conditions", []) if c["type"] == kind), {})
+    def condition(self, kind: str, status: dict | None = None) -> dict:
+        """The condition KIND of STATUS (by default: of the status read now); empty when there is none."""
+        status = self.status() if status is None else status
+        return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
 
     def apply(self, spec: dict, metadata: dict | None = None):
         """Creates the object with SPEC (and METADATA besides its name), or replaces the spec of the existing one."""
