@@ -107,6 +107,21 @@ apply_manifest() {
   done
 }
 
+# wait_established KUBECTL CRD... : waits (60 s each) until every CRD is served (condition Established). A loop,
+# not `kubectl wait --for condition=established`: that fails at once on a CRD so new that it has no status conditions
+# yet (".status.conditions accessor error: <nil> is of the type <nil>"), as a first deploy to a new cluster meets.
+wait_established() {
+  local kubectl="$1" crd seen i; shift
+  for crd in "$@"; do
+    for i in $(seq 60); do
+      seen="$("$kubectl" get "crd/$crd" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>&1)" &&
+        [[ "$seen" == True ]] && break
+      [[ $i -lt 60 ]] || die "CRD $crd is not Established after 60s (saw: ${seen:-no condition yet})"
+      sleep 1
+    done
+  done
+}
+
 # pin_image_id KUBECTL NAMESPACE IMAGE WORKLOAD... : records IMAGE's docker image ID in each workload's pod
 # template, so that a rebuilt image (same tag, new content, loaded by kind) rolls the pods; a no-op otherwise
 pin_image_id() {
