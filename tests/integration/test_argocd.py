@@ -69,17 +69,18 @@ class ArgoApp:
             return f"Application status: {summary}\n{self.release.describe()}"
         wait_for(check, what, timeout, interval=3, explain=explain)
 
-    def synced_and_healthy(self) -> bool:
-        status = self.status()
+    @staticmethod
+    def synced_and_healthy(status: dict) -> bool:
+        """Synced, Healthy and the last operation Succeeded, in one read of the Application's STATUS."""
         return (status.get("sync", {}).get("status") == "Synced" and status.get("health", {}).get("status") == "Healthy"
                 and status.get("operationState", {}).get("phase") == "Succeeded")
 
     def wait_synced(self, since: datetime.datetime | None = None):
         """Synced, Healthy, and the last sync operation (finished after SINCE) Succeeded."""
-        def done():
-            operation = self.status().get("operationState", {})
-            finished = operation.get("finishedAt")
-            return self.synced_and_healthy() and finished and (
+        def done():  # one read: a sync that starts between two reads would mix two operations
+            status = self.status()
+            finished = status.get("operationState", {}).get("finishedAt")
+            return self.synced_and_healthy(status) and finished and (
                 since is None or datetime.datetime.fromisoformat(finished.replace("Z", "+00:00")) >= since)
         self.wait(done, "the Application to be Synced and Healthy after a successful sync")
 

@@ -37,8 +37,9 @@ def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
     release.core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="unrelated")))
     release.core.create_namespaced_pod(ns, client.V1Pod(
         metadata=client.V1ObjectMeta(name="unrelated"),
-        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image=os.environ["TOOLBOX_IMAGE"],
-                                                              command=["sleep", "600"])])))
+        # sleep as PID 1 ignores SIGTERM: without a short grace period the namespace's deletion would wait 30 s
+        spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[client.V1Container(
+            name="c", image=os.environ["TOOLBOX_IMAGE"], command=["sleep", "600"])])))
 
     assert can(kube_api, ns, relay_sa, "get", "secrets", names.state_secret(0))
     assert can(kube_api, ns, relay_sa, "update", "secrets", names.state_secret(0))

@@ -184,7 +184,7 @@ def test_a_failing_upgrade_is_rolled_back_by_flux_and_the_relay_keeps_its_settin
     broken = values | {"relay": {"port": PORT + 1},
                        "service": {"annotations": {"metallb.io/loadBalancerIPs": "192.0.2.10"}},
                        "hook": {**values["hook"], "timeoutSeconds": 20}}
-    flux.apply_release(broken, upgrade={"timeout": "60s"})
+    flux.apply_release(broken, upgrade={"timeout": "30s"})
 
     status = flux.wait_status(
         lambda status: flux.helmrelease.condition("Remediated", status).get("reason") == "RollbackSucceeded"

@@ -112,7 +112,9 @@ def test_through_an_api_server_outage_the_relay_stays_ready_and_relaying(release
         wait_for(lambda: release.agent_live_status(pod),
                  "the agent to notice the API server refuses it (its watch ends after a minute; seen: its /status)", 150,
                  interval=3, until=lambda live: live.get("apiServer"), explain=lambda: release.agent_log(pod))
-        for _ in range(20):  # a minute: several failed watches and retries
+        # half a minute: five failed retries (pauses of 1, 2, 4, 8 and 16 s), each of which a readiness that
+        # depended on the API server would fail; the agent's readiness probe runs every 5 s and fails on one miss
+        for _ in range(10):
             ready, _ = release.pod_condition(pod)
             assert ready == "Ready", f"{pod} went {ready} while only the API server failed it\n{release.agent_log(pod)}"
             time.sleep(3)
