@@ -92,6 +92,21 @@ def keep_namespace_evidence(core, namespace: str, test_id: str) -> Path:
     return out
 
 
+def delete_cluster_scoped_objects_of(api, namespace: str):
+    """Deletes the cluster-scoped objects Helm made for the releases of NAMESPACE (the chart's admission policies and
+    their bindings, found by Helm's release-namespace annotation): they outlive the namespace, and a warm test
+    cluster would gather them run after run."""
+    from kubernetes import client
+
+    admission = client.AdmissionregistrationV1Api(api)
+    for list_objects, delete in (
+            (admission.list_validating_admission_policy_binding, admission.delete_validating_admission_policy_binding),
+            (admission.list_validating_admission_policy, admission.delete_validating_admission_policy)):
+        for item in list_objects().items:
+            if (item.metadata.annotations or {}).get("meta.helm.sh/release-namespace") == namespace:
+                delete(item.metadata.name)
+
+
 def fresh_namespace(request, core):
     """A fresh namespace for the test REQUEST names, deleted afterwards, waiting until its pods are gone, so the next
     test finds nothing of this one running; when the test failed, its pods' logs and the namespace's events are kept
@@ -109,6 +124,7 @@ def fresh_namespace(request, core):
         except Exception as error:  # keeping evidence must not hide the failure itself
             print(f"\ncould not keep the evidence of namespace {name}: {error}")
     core.delete_namespace(name, propagation_policy="Background")
+    delete_cluster_scoped_objects_of(core.api_client, name)
     # Nothing of this test may run on into the next (a relay still terminating would serve its path too): wait until
     # the namespace's pods are gone. The namespace object itself goes some seconds later (the namespace controller
     # requeues its cleanup: about 10 s here, which 60-odd tests would pay again each).
