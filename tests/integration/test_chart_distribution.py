@@ -15,7 +15,8 @@ from support.release import Release
 from support.release_keys import tampered_copy
 from support.repo import CHART_NAME, HELM, HELM3, REPO, TOOLS
 
-pytestmark = pytest.mark.integration
+# later_tools: oras and cosign, built in the background by scripts/setup
+pytestmark = [pytest.mark.integration, pytest.mark.later_tools]
 
 HELMS = pytest.mark.parametrize("helm", [HELM, HELM3], ids=["helm4", "helm3"])
 

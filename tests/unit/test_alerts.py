@@ -11,6 +11,9 @@ import yaml
 
 from support.render import NAMESPACE, find, one, render
 
+# later_tools: promtool, built in the background by scripts/setup
+pytestmark = pytest.mark.later_tools
+
 VALUES = {"metrics": {"enabled": True, "prometheusRule": {"enabled": True}}}
 API = ("--api-versions", "monitoring.coreos.com/v1/PrometheusRule")
 

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from support.cluster import gitops_state, wait_for_gitops
+from support.background import background_state
+from support.cluster import wait_for_gitops
 from support.repo import REPO
 from support.wait import wait_for
 
@@ -56,7 +57,8 @@ def test_a_background_run_returns_at_once_and_the_tests_wait_see_its_failure_wit
     with pytest.raises(pytest.fail.Exception) as failure:
         wait_for_gitops(timeout=60)
     message = str(failure.value)
-    assert "scripts/images/gitops says failed" in message, message
+    assert "scripts/images/gitops did not build and deploy Flux and Argo CD" in message, message
+    assert "it says failed" in message, message
     assert "docker daemon is not reachable" in message, f"the wait should show the end of the run's log: {message}"
 
 
@@ -79,7 +81,7 @@ def test_a_run_whose_process_is_gone_while_it_says_running_counts_as_failed(tmp_
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"state": "running", "pid": int(gone.stdout), "log": str(tmp_path / "log"),
                                 "since": 0, "detail": "deploying Flux (scripts/images/flux)"}))
-    state = gitops_state(path)
+    state = background_state(path)
     assert state["state"] == "failed", state
     assert "deploying Flux" in state["detail"], state
 

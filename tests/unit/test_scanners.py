@@ -13,6 +13,9 @@ import pytest
 from support.render import helm_text
 from support.values import ci_values
 
+# later_tools: kube-score, built in the background by scripts/setup
+pytestmark = pytest.mark.later_tools
+
 VARIANTS = {
     "default": {},
     # the variants in chart/ci/
