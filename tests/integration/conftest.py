@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from support.background import wait_for_later_tools
 from support.cluster import unavailable, wait_for_gitops
-from support.wait import wait_for
 from support.release_keys import gpg_key, run_release
 from support.repo import CHART_NAME, REPO, TOOLS
 
@@ -92,29 +92,22 @@ def keep_namespace_evidence(core, namespace: str, test_id: str) -> Path:
     return out
 
 
-def delete_cluster_scoped_objects_of(api, namespace: str):
-    """Deletes the cluster-scoped objects Helm made for the releases of NAMESPACE (the chart's admission policies and
-    their bindings, found by Helm's release-namespace annotation): they outlive the namespace, and a warm test
-    cluster would gather them run after run."""
-    from kubernetes import client
+@pytest.fixture(scope="session")
+def leftovers_removed(core) -> list[str]:
+    """Removes the test namespaces of test sessions that are over (support.namespaces.remove_leftovers), once per
+    session, before the first test that makes a namespace or uses the tailnet. Returns the namespaces it removed."""
+    from support.namespaces import remove_leftovers
 
-    admission = client.AdmissionregistrationV1Api(api)
-    for list_objects, delete in (
-            (admission.list_validating_admission_policy_binding, admission.delete_validating_admission_policy_binding),
-            (admission.list_validating_admission_policy, admission.delete_validating_admission_policy)):
-        for item in list_objects().items:
-            if (item.metadata.annotations or {}).get("meta.helm.sh/release-namespace") == namespace:
-                delete(item.metadata.name)
+    return remove_leftovers(core)
 
 
 def fresh_namespace(request, core):
-    """A fresh namespace for the test REQUEST names, deleted afterwards, waiting until its pods are gone, so the next
-    test finds nothing of this one running; when the test failed, its pods' logs and the namespace's events are kept
-    first (keep_namespace_evidence). A generator: the fixtures below yield its name."""
-    from kubernetes import client
+    """A fresh namespace for the test REQUEST names (support.namespaces.create_namespace), deleted afterwards, waiting until its pods are gone, so the next test finds nothing of this one running; when the test
+    failed, its pods' logs and the namespace's events are kept first (keep_namespace_evidence). A generator: the
+    fixtures below yield its name."""
+    from support.namespaces import create_namespace, remove_namespace
 
-    name = f"it-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    name = create_namespace(core)
     yield name
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
@@ -123,23 +116,17 @@ def fresh_namespace(request, core):
             print(f"\nlogs and events of namespace {name} kept in {kept}")
         except Exception as error:  # keeping evidence must not hide the failure itself
             print(f"\ncould not keep the evidence of namespace {name}: {error}")
-    core.delete_namespace(name, propagation_policy="Background")
-    delete_cluster_scoped_objects_of(core.api_client, name)
-    # Nothing of this test may run on into the next (a relay still terminating would serve its path too): wait until
-    # the namespace's pods are gone. The namespace object itself goes some seconds later (the namespace controller
-    # requeues its cleanup: about 10 s here, which 60-odd tests would pay again each).
-    wait_for(lambda: [f"{p.metadata.name} {p.status.phase}" for p in core.list_namespaced_pod(name).items],
-             f"the pods of namespace {name} to be gone (seen: the pods left)", 300, until=lambda left: not left)
+    remove_namespace(core, name)
 
 
 @pytest.fixture
-def namespace(request, core):
+def namespace(request, core, leftovers_removed):
     """The test's namespace (fresh_namespace): its release goes here."""
     yield from fresh_namespace(request, core)
 
 
 @pytest.fixture
-def other_namespace(request, core):
+def other_namespace(request, core, leftovers_removed):
     """A second fresh namespace (fresh_namespace), for what runs beside the release: a neighbour's pods."""
     yield from fresh_namespace(request, core)
 
@@ -153,9 +140,10 @@ def release(kube_api, namespace):
 
 
 @pytest.fixture
-def tailnet(kube_api, core):
+def tailnet(kube_api, core, leftovers_removed):
     """The tailnet in a box (tests/support/tailnet.py) with the LAN device's firewall closed; waits until no relay
-    of an earlier test is left, then has Headscale forget the offline ones."""
+    of an earlier test is left (those of earlier runs are removed first), then has Headscale forget the offline
+    ones."""
     from support.tailnet import Tailnet, forget_offline_relays, wait_for_no_relays
 
     net = Tailnet()
@@ -202,6 +190,8 @@ def published(tmp_path_factory, classic_server):
     registry = os.environ.get("REGISTRY")
     if not registry:
         unavailable("REGISTRY unset")
+    # cosign, oras and cyclonedx-gomod (scripts/release's) may still be building in the background
+    wait_for_later_tools()
     keys = tmp_path_factory.mktemp("keys")
     gpg = gpg_key(keys)
     cosign_key, cosign_pub = cosign_key_pair(keys, "release")

@@ -2,7 +2,6 @@
 images, key and control server, layered over a test variant by one rule."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -10,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.background import BACKGROUND_TIMEOUT, wait_for_background
 from support.repo import REPO, versions
 from support.values import ci_values, deep_merge
-from support.wait import wait_for
 
 ENV_HINT = 'run scripts/cluster up, then eval "$(scripts/cluster env)"'
 REQUIRED_ENV = ("LOGIN_SERVER", "AUTHKEY", "RELAY_IMAGE", "AGENT_IMAGE", "TOOLBOX_IMAGE")
@@ -119,10 +118,40 @@ def in_control_plane(*command: str, timeout: int = 600) -> subprocess.CompletedP
                            "/etc/kubernetes/admin.conf", *command], capture_output=True, text=True, timeout=timeout)
 
 
+def pod_network_routes(family: int) -> str:
+    """The routes of FAMILY (4 or 6) but link-local ones on the control plane and the first worker (what kube-router
+    injects for the other node's pod CIDRs, and the node's own bridge), their neighbour entries on eth0 and their
+    FORWARD rules: for a person reading why pods on the two nodes do not reach each other."""
+    lines = []
+    for node in (control_plane_node(), worker_node()):
+        shown = subprocess.run(
+            ["docker", "exec", node, "sh", "-c",
+             f"ip -{family} route show | grep -v '^fe80'; echo '-- neighbours on eth0:'; "
+             f"ip -{family} neigh show dev eth0; echo '-- forwarding rules:'; "
+             f"{'ip6tables' if family == 6 else 'iptables'} -S FORWARD"],
+            capture_output=True, text=True, timeout=30)
+        lines += [f"{node}:", (shown.stdout + shown.stderr).rstrip()]
+    return "\n".join(lines)
+
+
+def cordon(node: str) -> None:
+    """`kubectl cordon NODE`, with this test session's marks on the node (support.namespaces.session_labels, as
+    annotations), so that the next session uncordons it when this one is killed before it could."""
+    from support.namespaces import session_labels
+
+    marked = in_control_plane("annotate", "--overwrite", "node", node,
+                              *(f"{key}={value}" for key, value in session_labels().items()))
+    assert marked.returncode == 0, f"could not annotate node {node}: {marked.stderr}"
+    result = in_control_plane("cordon", node)
+    assert result.returncode == 0, f"kubectl cordon {node} failed: {result.stderr}"
+
+
 def drain(node: str) -> None:
-    """`kubectl drain NODE` as a node's maintenance does it: cordoned, every pod but DaemonSets' evicted through the
-    eviction API (which honours PodDisruptionBudgets, retrying until they allow it). A drain that fails (a budget
-    that allows no eviction) uncordons NODE before it fails, so that the tests after it can schedule there."""
+    """`kubectl drain NODE` as a node's maintenance does it: cordoned (cordon), every pod but DaemonSets' evicted
+    through the eviction API (which honours PodDisruptionBudgets, retrying until they allow it). A drain that fails
+    (a budget that allows no eviction) uncordons NODE before it fails, so that the tests after it can schedule
+    there."""
+    cordon(node)
     result = in_control_plane("drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=300s")
     if result.returncode != 0:
         uncordon(node)
@@ -130,8 +159,14 @@ def drain(node: str) -> None:
 
 
 def uncordon(node: str) -> None:
+    """`kubectl uncordon NODE`, and the cordoning session's marks (cordon) off the node."""
+    from support.namespaces import HOST_LABEL, SESSION_LABEL
+
     result = in_control_plane("uncordon", node)
     assert result.returncode == 0, f"kubectl uncordon {node} failed: {result.stderr}"
+    unmarked = in_control_plane("annotate", "node", node, f"{SESSION_LABEL}-", f"{HOST_LABEL}-")
+    assert unmarked.returncode == 0, f"could not remove the test session's annotations from node {node}: " \
+        f"{unmarked.stderr}"
 
 
 def stop_node(node: str) -> None:
@@ -155,47 +190,8 @@ def stop_api_server() -> None:
     assert stopped.returncode == 0, f"could not stop the API server: {stopped.stderr}"
 
 
-# How long Flux and Argo CD may take in the background on a fresh machine: two large Go builds at the lowest CPU
-# priority beside the rest of the suite, which runs first (their tests are marked gitops and run last).
-GITOPS_TIMEOUT = 2700
-
-
-def gitops_state(path: Path) -> dict:
-    """The state scripts/images/gitops writes (JSON: state running|ready|failed, pid, log, detail). A run whose
-    process is gone while it says running was killed: failed."""
-    state = json.loads(path.read_text())
-    pid = state.get("pid") or 0
-    if state.get("state") == "running" and pid:
-        try:
-            alive = "images/gitops" in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            alive = False
-        if not alive:
-            state = {**state, "state": "failed", "detail": f"its process {pid} is gone (killed?) while: {state['detail']}"}
-    return state
-
-
-def log_tail(path: str, lines: int = 30) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError as error:
-        return f"(no log: {error})"
-
-
-def wait_for_gitops(timeout: float = GITOPS_TIMEOUT) -> dict:
+def wait_for_gitops(timeout: float = BACKGROUND_TIMEOUT) -> dict:
     """Waits until scripts/images/gitops, which scripts/cluster up runs in the background, has built and deployed Flux
     and Argo CD (its state file, GITOPS_STATE); fails at once when it failed, with the end of its log."""
-    path = Path(setting("GITOPS_STATE"))
-
-    def explain() -> str:
-        state = json.loads(path.read_text()) if path.exists() else {}
-        return f"the end of its log ({state.get('log', '?')}):\n{log_tail(state['log'])}" if "log" in state else ""
-
-    state = wait_for(lambda: gitops_state(path), "scripts/images/gitops to build and deploy Flux and Argo CD "
-                     f"(state {path}, run in the background by scripts/cluster up)", timeout,
-                     until=lambda seen: seen.get("state") != "running", interval=5,
-                     tolerate=(FileNotFoundError, json.JSONDecodeError), explain=explain)
-    if state.get("state") != "ready":
-        pytest.fail(f"Flux and Argo CD are not deployed: scripts/images/gitops says {state.get('state')}: "
-                    f"{state.get('detail')}\n{explain()}")
-    return state
+    return wait_for_background(Path(setting("GITOPS_STATE")), "scripts/images/gitops",
+                               "build and deploy Flux and Argo CD (run in the background by scripts/cluster up)", timeout)

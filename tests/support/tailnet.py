@@ -88,12 +88,31 @@ def forget_offline_relays() -> list[str]:
     return gone
 
 
+# The relay pods a wait_for_no_relays already timed out on. A later wait that finds only these fails at once: a relay
+# that outlived one whole wait is stuck (a namespace no test session of ours made, a pod that cannot terminate), and
+# each tailnet test after it waiting again would add minutes to the run, not a chance of passing.
+STUCK_RELAYS: set[str] = set()
+
+
+def relay_pods(core) -> list[str]:
+    """Every relay pod in the cluster, as namespace/name."""
+    return [f"{p.metadata.namespace}/{p.metadata.name}" for p in core.list_pod_for_all_namespaces(
+        label_selector="app.kubernetes.io/component=relay").items]
+
+
 def wait_for_no_relays(core, timeout: int = 180):
     """Waits until no relay pod of an earlier test is left in the cluster (one still terminating in another namespace
-    would serve the path too)."""
-    wait_for(lambda: [f"{p.metadata.namespace}/{p.metadata.name}" for p in core.list_pod_for_all_namespaces(
-        label_selector="app.kubernetes.io/component=relay").items],
-        "the relays of earlier tests to be gone (seen: relay pods left)", timeout, until=lambda left: not left)
+    would serve the path too). Fails at once when the only ones left are those an earlier wait timed out on."""
+    left = relay_pods(core)
+    if left and set(left) <= STUCK_RELAYS:
+        pytest.fail(f"relay pods an earlier test already waited {timeout}s for are still there: {left}; remove "
+                    "them (or their namespaces) by hand")
+    try:
+        wait_for(lambda: relay_pods(core), "the relays of earlier tests to be gone (seen: relay pods left)", timeout,
+                 until=lambda pods: not pods)
+    except pytest.fail.Exception:
+        STUCK_RELAYS.update(relay_pods(core))
+        raise
 
 
 def relay_side(release, replicas: int = 1):

@@ -1,11 +1,21 @@
 """The test support package itself: the names it reads off the render are the chart's, the variants load by name, the
-cluster layering drops exactly what names another cluster, and the one wait says what it waited for and saw last."""
+cluster layering drops exactly what names another cluster, the one wait says what it waited for and saw last, and a
+test namespace is a leftover only when the session that made it is over, and a relay that outlived one whole wait is
+not waited for again."""
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
 import pytest
 import yaml
 
 from support.cluster import ELSEWHERE, UNROUTED, on_cluster
 from support.render import FULLNAME, chart_names, find, names_in, render
 from support.helm import run_helm
+from support import tailnet
+from support.namespaces import (HOST_LABEL, SESSION_LABEL, cordon_left_reason, leftover_reason, process_start,
+                                session_labels)
 from support.repo import CHART
 from support.values import VARIANTS, ci_value_names, ci_values, deep_merge, endpoint, with_credential
 from support.wait import wait_for
@@ -113,3 +123,96 @@ def test_the_wait_fails_naming_what_it_waited_for_and_what_it_saw_last():
 def test_the_wait_does_not_swallow_an_exception_it_was_not_told_to_tolerate():
     with pytest.raises(ZeroDivisionError):
         wait_for(lambda: 1 / 0, "nothing", 1, interval=0)
+
+
+def a_finished_process() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_process_start_is_read_for_a_live_process_and_none_for_an_ended_one():
+    assert process_start(os.getpid()) is not None and process_start(os.getpid()).isdigit()
+    assert process_start(a_finished_process()) is None
+
+
+def test_the_namespace_of_a_running_session_is_not_a_leftover():
+    assert leftover_reason("it-0123abcd", session_labels()) is None
+
+
+def test_an_unlabelled_test_namespace_is_a_leftover_of_a_run_before_sessions_were_labelled():
+    assert "no session label" in leftover_reason("it-0123abcd", None)
+
+
+def test_a_session_label_without_a_host_is_not_taken_for_this_hosts():
+    assert leftover_reason("it-0123abcd", {SESSION_LABEL: f"{a_finished_process()}-1"}) is None
+
+
+def test_the_namespace_of_an_ended_session_is_a_leftover():
+    labels = session_labels(os.getpid()) | {SESSION_LABEL: f"{a_finished_process()}-1"}
+    assert "is over" in leftover_reason("it-0123abcd", labels)
+
+
+def test_a_reused_process_id_does_not_keep_an_ended_sessions_namespace():
+    pid, start = session_labels()[SESSION_LABEL].split("-")
+    labels = session_labels() | {SESSION_LABEL: f"{pid}-{int(start) - 1}"}
+    assert "is over" in leftover_reason("it-0123abcd", labels), \
+        "a live process with the session's id but another start time is another process"
+
+
+def test_another_hosts_session_is_left_alone():
+    labels = {SESSION_LABEL: f"{a_finished_process()}-1", HOST_LABEL: "some-other-host"}
+    assert leftover_reason("it-0123abcd", labels) is None
+
+
+@pytest.mark.parametrize("name", ["kube-system", "tailnet-workload", "it-bench", "relay-bench-event-123",
+                                  "it-0123abcd-x"])
+def test_a_namespace_the_tests_did_not_name_is_never_a_leftover(name):
+    assert leftover_reason(name, None) is None
+
+
+def node(unschedulable: bool, annotations: dict | None) -> SimpleNamespace:
+    return SimpleNamespace(spec=SimpleNamespace(unschedulable=unschedulable),
+                           metadata=SimpleNamespace(name="relay-test-worker", annotations=annotations))
+
+
+def test_a_node_cordoned_by_an_ended_session_is_a_leftover_and_one_cordoned_by_a_person_is_not():
+    ended = session_labels() | {SESSION_LABEL: f"{a_finished_process()}-1"}
+    assert "is over" in cordon_left_reason(node(True, ended))
+    assert cordon_left_reason(node(True, {"someone/else": "x"})) is None, "a person's cordon is theirs"
+    assert cordon_left_reason(node(True, session_labels())) is None, "this session's drain is still running"
+    assert cordon_left_reason(node(None, ended)) is None, "a schedulable node has no cordon to remove"
+
+
+class FakeCore:
+    """CoreV1Api's pod listing across namespaces, answering with each of SEEN in turn (then the last), as relay pods
+    (namespace/name)."""
+
+    def __init__(self, *seen: list[str]):
+        self.seen, self.calls = list(seen), 0
+
+    def list_pod_for_all_namespaces(self, label_selector):
+        assert label_selector == "app.kubernetes.io/component=relay"
+        pods = self.seen[min(self.calls, len(self.seen) - 1)]
+        self.calls += 1
+        return SimpleNamespace(items=[SimpleNamespace(metadata=SimpleNamespace(namespace=p.split("/")[0],
+                                                                               name=p.split("/")[1])) for p in pods])
+
+
+def test_a_relay_that_outlived_a_whole_wait_fails_the_next_wait_at_once(monkeypatch):
+    monkeypatch.setattr(tailnet, "STUCK_RELAYS", set(), raising=False)
+    core = FakeCore(["it-0123abcd/relay-0"])
+    with pytest.raises(pytest.fail.Exception, match="relays of earlier tests to be gone"):
+        tailnet.wait_for_no_relays(core, timeout=0)
+    calls = core.calls
+    with pytest.raises(pytest.fail.Exception, match="already waited 1s for are still there.*it-0123abcd/relay-0"):
+        tailnet.wait_for_no_relays(core, timeout=1)
+    assert core.calls == calls + 1, "the second wait looked more than once: it waited again"
+
+
+def test_a_relay_not_seen_stuck_is_still_waited_for(monkeypatch):
+    monkeypatch.setattr(tailnet, "STUCK_RELAYS", {"it-0123abcd/relay-0"}, raising=False)
+    core = FakeCore(["it-0123abcd/relay-0", "it-4567abcd/relay-0"], [])
+    tailnet.wait_for_no_relays(core)
+    assert core.calls == 2
