@@ -5,11 +5,14 @@ failure message and the timeline, not asserted: timings belong to the benchmark.
 from __future__ import annotations
 
 import datetime
+import os
 import time
 
 import pytest
 
-from support.cluster import drain, on_cluster, start_node, stop_api_server, stop_node, uncordon, worker_node
+from support.cluster import (control_plane_node, drain, on_cluster, start_node, stop_api_server, stop_node, uncordon,
+                             worker_node)
+from support.pods import ANSWERED, LISTENER, curl_status, prober, toolbox_pod, wait_answers
 from support.probe import PathProbe
 from support.tailnet import relay_side, relay_through_node, relayed
 from support.values import deep_merge
@@ -124,3 +127,18 @@ def test_a_lost_node_leaves_the_lan_on_the_other_nodes_relay_and_its_own_comes_b
     summary, story = story_of(probe)
     assert summary["last_path"] == "peer-relay", f"the LAN device should end on a relay path:\n{story}"
     assert_relay_right(release, story, replicas=2)
+    # A pod started on the node once it is back reaches beyond the pod network (the control server), as the next
+    # relays there must log in: kube-router's policy engine used to restore the router's ipsets empty after a node
+    # restart, so the node's new pods got no masquerade (scripts/node-image/manifests/kube-router.yaml).
+    prober(release.core, release.namespace, "after-restart", node=node)
+    control = f"{os.environ['LOGIN_SERVER']}/health"
+    wait_for(lambda: curl_status(release.core, release.namespace, "after-restart", control),
+             f"a new pod on {node} to reach the control server at {control} (seen: curl's exit status)", 60,
+             until=lambda status: status == ANSWERED)
+    # It reaches a pod on the control plane in both families (a connection needs the routes both ways): kube-router
+    # withdraws the node's pod routes when it is gone longer than the BGP graceful-restart time (90 s) and must inject
+    # them again.
+    listener = toolbox_pod(release.core, release.namespace, "beside-the-api-server", LISTENER,
+                           node=control_plane_node())
+    for family in (4, 6):
+        wait_answers(release.core, release.namespace, "after-restart", listener, family)

@@ -9,7 +9,7 @@ import ipaddress
 import pytest
 
 from support.cluster import control_plane_node, worker_node
-from support.pods import ANSWERED, LISTENER, LISTENER_PORT, curl_status, pod_ip, prober, toolbox_pod, url
+from support.pods import LISTENER, prober, toolbox_pod, wait_answers
 from support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -53,9 +53,7 @@ def test_the_control_plane_runs_workloads_beside_a_worker(core):
 def test_pods_on_different_nodes_reach_each_other(core, namespace, family):
     listener = toolbox_pod(core, namespace, "listener", LISTENER, node=worker_node())
     prober(core, namespace, "client", node=control_plane_node())
-    assert curl_status(core, namespace, "client", url(pod_ip(listener, family), LISTENER_PORT)) == ANSWERED, \
-        f"a pod on {control_plane_node()} cannot reach a pod on {worker_node()} over IPv{family}: the CNI does not " \
-        "route the pod network between the nodes"
+    wait_answers(core, namespace, "client", listener, family)
 
 
 # namespaces of the cluster's own infrastructure (tests run in namespaces of

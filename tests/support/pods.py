@@ -8,6 +8,7 @@ import os
 from kubernetes import client
 from kubernetes.stream import stream
 
+from support.cluster import pod_network_routes
 from support.wait import wait_for
 
 LISTENER_PORT = 8080
@@ -52,6 +53,19 @@ def pod_ip(pod: client.V1Pod, family: int = 4) -> str:
 def url(address: str, port: int, path: str = "/") -> str:
     return f"http://[{address}]:{port}{path}" if ipaddress.ip_address(address).version == 6 \
         else f"http://{address}:{port}{path}"
+
+
+def wait_answers(core, namespace: str, pod: str, listener: client.V1Pod, family: int, timeout: float = 30) -> None:
+    """Waits until POD reaches the LISTENER pod over IPv FAMILY; fails with curl's last exit status and every node's
+    routes, neighbours and forwarding rules. A few tries, not one: once (CI, 2026-12-03) the first IPv6 connection
+    between two new pods timed out and no cause was found again; a route or rule that stays wrong fails it, and the
+    message shows which."""
+    target = url(pod_ip(listener, family), LISTENER_PORT)
+    wait_for(lambda: curl_status(core, namespace, pod, target),
+             f"pod {namespace}/{pod} to reach pod {listener.metadata.name} on {listener.spec.node_name} at {target} "
+             f"over IPv{family} (seen: curl's exit status; if it never does, the CNI does not route the pod network "
+             "between the nodes)", timeout, until=lambda status: status == ANSWERED,
+             explain=lambda: pod_network_routes(family))
 
 
 def curl_status(core, namespace: str, pod: str, target: str) -> int:
