@@ -128,16 +128,19 @@ class Release:
         """Waits until POD turned Ready after SINCE (UTC): after its node came back, the API shows the Ready condition
         from before the node went away until the kubelet has restarted the pod's containers and probed them."""
         since = since.replace(microsecond=0)
-
-        def readiness() -> tuple[str | None, datetime.datetime | None]:
-            found = self.core.read_namespaced_pod(pod, self.namespace)
-            ready = next((c for c in found.status.conditions or [] if c.type == "Ready"), None)
-            return (ready.status, ready.last_transition_time) if ready else (None, None)
-
-        wait_for(readiness, f"relay pod {pod} to turn Ready after {since.isoformat()} (seen: its Ready condition and "
-                 "when it last changed)", timeout, until=lambda seen: seen[0] == "True" and seen[1] >= since,
+        wait_for(lambda: self.readiness(pod)[:2], f"relay pod {pod} to turn Ready after {since.isoformat()} (seen: its "
+                 "Ready condition and when it last changed)", timeout,
+                 until=lambda seen: seen[0] == "True" and seen[1] >= since,
                  tolerate=(client.ApiException,), explain=self.describe)
         return self.core.read_namespaced_pod(pod, self.namespace)
+
+    def readiness(self, pod: str) -> tuple[str | None, datetime.datetime | None, str, int]:
+        """POD's Ready condition (its status and when it last changed), its uid and its containers' restarts: all
+        the same before and after an event means the pod never left its Service's endpoints."""
+        found = self.core.read_namespaced_pod(pod, self.namespace)
+        ready = next((c for c in found.status.conditions or [] if c.type == "Ready"), None)
+        restarts = sum(s.restart_count for s in found.status.container_statuses or [])
+        return ((ready.status, ready.last_transition_time) if ready else (None, None)) + (found.metadata.uid, restarts)
 
     def wait_replaced(self, pod: str, old_uid: str, timeout: int = 180) -> client.V1Pod:
         """Waits until POD is a new pod (not OLD_UID) and Ready: after a deletion the StatefulSet made the next one."""
