@@ -101,7 +101,7 @@ def test_an_api_server_restart_leaves_the_relay_ready_and_the_lan_back_on_its_pa
         # Recorded, not asserted (timings belong to the benchmark): twice (2026-12-06) about 30 echoes were lost with
         # the relay Ready throughout; the recorded one removed no conntrack entry of its flows and came at the
         # clients' relay path rediscovery (60 s after the path was set up), the relay seeing the workload from two
-        # source ports (README, "What the numbers say").
+        # source ports and binding only the last one (README, "What the numbers say").
         warnings.warn(f"echoes were lost while only the API server restarted:\n{story}")
 
 
