@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,8 @@ import (
 	"tailscale.com/client/local"
 	"tailscale.com/health"
 	"tailscale.com/ipn"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/tailcfg"
 	"tailscale.com/tsconst"
 )
 
@@ -34,6 +37,7 @@ type Config struct {
 	ResolveEvery           time.Duration // load balancer hostnames are resolved again this often
 	LoginServer            string        // the control server, asked whether it answers before a re-login
 	ReloginAfter           time.Duration // out of the map poll this long with control answering: log in again
+	PollBackoff            time.Duration // and at least this long: the longest pause of tailscaled's map poll retries
 	Sockets                UDPSockets
 }
 
@@ -52,11 +56,15 @@ type Status struct {
 	LoginError       string   `json:"loginError,omitempty"` // tailscaled's last login error (its login-state health)
 	APIServer        string   `json:"apiServer,omitempty"`  // empty: answering
 	Warnings         []string `json:"warnings,omitempty"`
-	Since            string   `json:"since"` // when this status began
+	EventsDropped    int      `json:"eventsDropped,omitempty"` // Events the API server did not take in time, or over the cap
+	Since            string   `json:"since"`                   // when this status began
 }
 
-// Agent keeps one relay's settings right: see README "How it works".
+// Agent keeps one relay's settings right: see README "How it works". Four goroutines share it: the loop (Run:
+// passes), the Service watch, the IPN bus watch and the reporter (Events and the status ConfigMap), besides the HTTP
+// handlers that read the status. Each field below is owned as its group says.
 type Agent struct {
+	// Set by NewAgent, read by all.
 	cfg    Config
 	ts     *local.Client
 	kube   *Kube
@@ -64,23 +72,29 @@ type Agent struct {
 	events *Events
 	logf   func(string, ...any)
 	now    func() time.Time
+	wake   chan struct{} // a pass now (the watches)
+	report chan struct{} // report now (the loop, after a pass)
 
-	wake chan struct{}
-
+	// Guarded by mu: written by the watches and the loop, read by the handlers and the reporter.
 	mu          sync.Mutex
 	svc         *Service  // last Service the watch delivered
 	svcErr      error     // the watch's last error, nil once it works again
-	svcErrSince time.Time //
+	svcErrSince time.Time // when the watch's errors began
 	health      map[health.WarnableCode]health.UnhealthyState
-	loginError  string
+	status      Status // the last pass's, as /status and the status ConfigMap show it
+
+	// The loop's own.
+	loginError  string           // tailscaled's last login error (its login-state health), kept through its restarts
 	lastGood    []netip.AddrPort // endpoints of the last pass that had them
-	status      Status
-	written     string // the status last written to the ConfigMap (without Since)
-	outOfPoll   time.Time
+	zombieSince time.Time        // since when the map poll is down while control and tailscaled answer (checkControl)
+
+	// The reporter's own.
+	written string // status.json as the ConfigMap last had it (read back or written)
 }
 
 func NewAgent(cfg Config, ts *local.Client, kube *Kube, resolver Resolver) *Agent {
-	a := &Agent{cfg: cfg, ts: ts, kube: kube, logf: log.Printf, now: time.Now, wake: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, ts: ts, kube: kube, logf: log.Printf, now: time.Now, wake: make(chan struct{}, 1),
+		report: make(chan struct{}, 1)}
 	a.hosts = &HostnameCache{Resolver: resolver, Refresh: cfg.ResolveEvery, Now: a.now}
 	a.events = &Events{kube: kube, cfg: cfg, now: a.now, logf: a.logf}
 	return a
@@ -102,12 +116,13 @@ func (a *Agent) Run(ctx context.Context) {
 		go a.watchService(ctx)
 	}
 	go a.watchTailscaled(ctx)
+	go a.reporter(ctx)
 	for {
 		st := a.pass(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		a.publish(ctx, st)
+		a.publish(st)
 		wait := a.cfg.Resync
 		if !st.Ready {
 			wait = a.cfg.Retry
@@ -145,20 +160,48 @@ func (a *Agent) pass(ctx context.Context) Status {
 	a.mu.Unlock()
 	st.Reason = a.check(ctx, &st)
 	st.Ready = st.Reason == ""
+	st.EventsDropped = a.events.Dropped()
 	return st
 }
 
-// check fills st and returns why the relay is not ready, or "".
+// localAPITimeout bounds each call to tailscaled's LocalAPI on its own: a slow call (or a slow control server or
+// DNS answer in the same pass) must not run out the time of the calls after it.
+const localAPITimeout = 10 * time.Second
+
+func localCall(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, localAPITimeout)
+}
+
+// check fills st and returns why the relay is not ready, or "". One pass in four steps: observe tailscaled, work
+// out the endpoints, apply them, verify the relay server.
 func (a *Agent) check(ctx context.Context, st *Status) string {
-	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
+	self, reason := a.observe(ctx, st)
+	if reason != "" {
+		return reason
+	}
+	desired, reason := a.workOutEndpoints(ctx, st)
+	if reason != "" {
+		return reason
+	}
+	if reason := a.apply(ctx, st, desired); reason != "" {
+		return reason
+	}
+	return a.verify(ctx, st, self, desired)
+}
+
+// observe reads tailscaled's state and health, repairs a relay the control server no longer serves (checkControl),
+// and says why the relay is not logged in, if it is not. It returns the relay's own node as tailscaled reports it.
+func (a *Agent) observe(ctx context.Context, st *Status) (*ipnstate.PeerStatus, string) {
+	callCtx, cancel := localCall(ctx)
 	status, err := a.ts.StatusWithoutPeers(callCtx)
+	cancel()
 	if err != nil {
+		a.zombieSince = time.Time{} // tailscaled not answering says nothing about the control server
 		if a.loginError != "" {
 			st.LoginError = a.loginError
-			return fmt.Sprintf("tailscaled is not answering (restarting?); its last login error: %s", a.loginError)
+			return nil, fmt.Sprintf("tailscaled is not answering (restarting?); its last login error: %s", a.loginError)
 		}
-		return fmt.Sprintf("tailscaled's LocalAPI does not answer yet: %v", err)
+		return nil, fmt.Sprintf("tailscaled's LocalAPI does not answer yet: %v", err)
 	}
 	st.BackendState, st.TailscaleVersion = status.BackendState, status.Version
 	a.mu.Lock()
@@ -174,20 +217,24 @@ func (a *Agent) check(ctx context.Context, st *Status) string {
 	// Running, or Starting with a node key (after a restart): both need the control server's map poll.
 	if status.BackendState == ipn.Running.String() || status.BackendState == ipn.Starting.String() {
 		if reason := a.checkControl(ctx); reason != "" {
-			return reason
+			return nil, reason
 		}
 	} else {
-		a.outOfPoll = time.Time{}
+		a.zombieSince = time.Time{}
 	}
 	if status.BackendState != ipn.Running.String() {
 		if a.loginError != "" {
 			st.LoginError = a.loginError
-			return fmt.Sprintf("the relay is not logged in (%s): %s", status.BackendState, a.loginError)
+			return nil, fmt.Sprintf("the relay is not logged in (%s): %s", status.BackendState, a.loginError)
 		}
-		return fmt.Sprintf("the relay is not logged in yet (%s)", status.BackendState)
+		return nil, fmt.Sprintf("the relay is not logged in yet (%s)", status.BackendState)
 	}
 	a.loginError = ""
+	return status.Self, ""
+}
 
+// workOutEndpoints: the endpoints the relay should advertise, and where they come from.
+func (a *Agent) workOutEndpoints(ctx context.Context, st *Status) ([]netip.AddrPort, string) {
 	desired, from, warning, err := a.desiredEndpoints(ctx)
 	if warning != "" {
 		st.Warnings = append(st.Warnings, warning)
@@ -195,12 +242,18 @@ func (a *Agent) check(ctx context.Context, st *Status) string {
 	if err != nil {
 		var waiting Waiting
 		if errors.As(err, &waiting) {
-			a.events.Once(ctx, "Normal", "WaitingForAddress", err.Error())
+			a.events.Once("Normal", "WaitingForAddress", err.Error())
 		}
-		return err.Error()
+		return nil, err.Error()
 	}
 	st.EndpointsFrom = from
+	return desired, ""
+}
 
+// apply puts the relay port and the endpoints into tailscaled's preferences unless they are in effect already.
+func (a *Agent) apply(ctx context.Context, st *Status, desired []netip.AddrPort) string {
+	callCtx, cancel := localCall(ctx)
+	defer cancel()
 	prefs, err := a.ts.GetPrefs(callCtx)
 	if err != nil {
 		return fmt.Sprintf("cannot read the relay's preferences: %v", err)
@@ -209,7 +262,9 @@ func (a *Agent) check(ctx context.Context, st *Status) string {
 		had := describeSettings(prefs)
 		a.logf("setting relay port %d and endpoints %s (the relay had %s)", a.cfg.Port, JoinEndpoints(desired), had)
 		port := a.cfg.Port
-		prefs, err = a.ts.EditPrefs(callCtx, &ipn.MaskedPrefs{
+		editCtx, cancel := localCall(ctx)
+		defer cancel()
+		prefs, err = a.ts.EditPrefs(editCtx, &ipn.MaskedPrefs{
 			Prefs:                         ipn.Prefs{RelayServerPort: &port, RelayServerStaticEndpoints: desired},
 			RelayServerPortSet:            true,
 			RelayServerStaticEndpointsSet: true,
@@ -220,20 +275,37 @@ func (a *Agent) check(ctx context.Context, st *Status) string {
 				reason = fmt.Sprintf("tailscaled did not keep the relay settings (port %d, endpoints %s): it has %s", a.cfg.Port,
 					JoinEndpoints(desired), describeSettings(prefs))
 			}
-			a.events.Once(ctx, "Warning", "RefusedByTailscaled", reason)
+			a.events.Once("Warning", "RefusedByTailscaled", reason)
 			return reason
 		}
-		a.events.Emit(ctx, "Normal", "SettingsApplied", fmt.Sprintf("set relay port %d and endpoints %s (the relay had %s)",
+		a.events.Queue("Normal", "SettingsApplied", fmt.Sprintf("set relay port %d and endpoints %s (the relay had %s)",
 			a.cfg.Port, JoinEndpoints(desired), had))
 	}
 	st.Endpoints = strings.Split(JoinEndpoints(prefs.RelayServerStaticEndpoints), ",")
+	return ""
+}
 
+// verify: the relay server runs on the port, and holds it for every family it advertises.
+func (a *Agent) verify(ctx context.Context, st *Status, self *ipnstate.PeerStatus, desired []netip.AddrPort) string {
+	callCtx, cancel := localCall(ctx)
+	defer cancel()
 	server, err := a.ts.DebugPeerRelaySessions(callCtx)
 	if err != nil {
 		return fmt.Sprintf("cannot read the relay server's state: %v", err)
 	}
-	if server.UDPPort == nil || *server.UDPPort != a.cfg.Port {
-		return fmt.Sprintf("the relay server is not configured for UDP port %d", a.cfg.Port)
+	if server.UDPPort == nil && self != nil && self.CapMap.Contains(tailcfg.NodeAttrDisableRelayServer) {
+		// tailscaled keeps the port in its preferences and does not run the server (feature/relayserver/relayserver.go
+		// L189-191 relayServerShouldBeRunningLocked; L259-271 reports UDPPort null)
+		return fmt.Sprintf("the tailnet disables the relay server on this node (node attribute %q in the tailnet "+
+			"policy's nodeAttrs applies to it): remove that attribute for the relay's tags", tailcfg.NodeAttrDisableRelayServer)
+	}
+	if server.UDPPort == nil {
+		// the port is in tailscaled's preferences (apply), so the server failed to start (relayserver.go L179-187)
+		return fmt.Sprintf("the relay server is not running on UDP port %d (see the relay's log for "+
+			"'relayserver: error initializing server')", a.cfg.Port)
+	}
+	if *server.UDPPort != a.cfg.Port {
+		return fmt.Sprintf("the relay server runs on UDP port %d, not %d", *server.UDPPort, a.cfg.Port)
 	}
 	for _, family := range Families(desired) {
 		bound, err := a.cfg.Sockets.Bound(family, a.cfg.Port)
@@ -286,21 +358,17 @@ func (a *Agent) desiredEndpoints(ctx context.Context) (eps []netip.AddrPort, fro
 	eps, warning, err = ServiceEndpoints(ctx, svc, a.cfg.Port, a.hosts)
 	if err != nil {
 		var waiting Waiting
-		a.mu.Lock()
 		last := a.lastGood
-		a.mu.Unlock()
 		if !errors.As(err, &waiting) && last != nil {
 			// DNS of a hostname load balancer failing for the first time after a change: keep what works.
 			return last, "Service " + a.cfg.Service + " (last good)", err.Error(), nil
 		}
 		return nil, "", "", err
 	}
-	a.mu.Lock()
 	last := a.lastGood
 	a.lastGood = eps
-	a.mu.Unlock()
 	if last != nil && !SameEndpoints(last, eps) {
-		a.events.Emit(ctx, "Normal", "EndpointsChanged", fmt.Sprintf("Service %s: endpoints %s, were %s", a.cfg.Service,
+		a.events.Queue("Normal", "EndpointsChanged", fmt.Sprintf("Service %s: endpoints %s, were %s", a.cfg.Service,
 			JoinEndpoints(eps), JoinEndpoints(last)))
 	}
 	return eps, "Service " + a.cfg.Service, warning, nil
@@ -309,15 +377,27 @@ func (a *Agent) desiredEndpoints(ctx context.Context) (eps []netip.AddrPort, fro
 // watchService keeps a.svc current: a get, then a watch from its resourceVersion, which the API server ends after a
 // minute (so a get every minute: an API server that stops serving this relay, or an RBAC change, which an open
 // watch would not notice, shows within a minute); on any error the last Service stays, the error is recorded, and
-// after a pause (1 s, doubling up to 30 s) it starts again with a get.
+// after a pause (1 s, doubling up to 30 s) it starts again with a get. A watch the server ends sooner than
+// minWatchLife (a proxy or load balancer in front of the API server that cuts streams) gets the same pauses without
+// an error: a get and a watch a pause, not a spin.
 func (a *Agent) watchService(ctx context.Context) {
+	const minWatchLife = 10 * time.Second
 	pause := time.Second
+	wait := func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 30*time.Second)
+		return true
+	}
 	for ctx.Err() == nil {
 		var svc Service
 		err := a.kube.Get(ctx, servicePath(a.cfg.Namespace, a.cfg.Service), &svc)
 		if err == nil {
 			a.setService(ctx, &svc, nil)
-			pause = time.Second
+			started := time.Now()
 			query := url.Values{"fieldSelector": {"metadata.name=" + a.cfg.Service},
 				"resourceVersion": {svc.Metadata.ResourceVersion}, "timeoutSeconds": {"60"}}
 			err = a.kube.Watch(ctx, "/api/v1/namespaces/"+url.PathEscape(a.cfg.Namespace)+"/services", query, func(ev WatchEvent) error {
@@ -340,11 +420,19 @@ func (a *Agent) watchService(ctx context.Context) {
 				}
 				return nil
 			})
-			if err == nil || ctx.Err() != nil {
-				continue // the server ended the watch: get again at once
+			if ctx.Err() != nil {
+				return
 			}
 			var apiErr *APIError
-			if errors.As(err, &apiErr) && apiErr.Code == http.StatusGone {
+			if err == nil || errors.As(err, &apiErr) && apiErr.Code == http.StatusGone {
+				// the server ended the watch (or its resourceVersion is too old): get again
+				if time.Since(started) >= minWatchLife {
+					pause = time.Second
+					continue
+				}
+				if !wait() {
+					return
+				}
 				continue
 			}
 		}
@@ -352,12 +440,9 @@ func (a *Agent) watchService(ctx context.Context) {
 			return
 		}
 		a.setService(ctx, nil, err)
-		select {
-		case <-ctx.Done():
+		if !wait() {
 			return
-		case <-time.After(pause):
 		}
-		pause = min(2*pause, 30*time.Second)
 	}
 }
 
@@ -420,40 +505,46 @@ func (a *Agent) watchTailscaled(ctx context.Context) {
 
 // checkControl finds a relay the control server no longer knows (its node deleted) and logs it in again. tailscaled
 // has no state for that: it keeps its last network map and stays Running (or, restarted, Starting), and the map
-// request that control refuses (Headscale: 404 "node not found") is retried quietly, its error only logged. What it does expose is whether its map poll is up
-// (the clientmetric controlclient_map_requests_active, 1 while a streaming map request is open). Out of the map poll
-// for ReloginAfter while the control server itself answers means control refuses this node; a control server that
-// does not answer is an outage, through which the relay keeps relaying on its last network map.
+// request that control refuses (Headscale: 404 "node not found") is retried quietly, its error only logged. What it
+// does expose is whether its map poll is up (the clientmetric controlclient_map_requests_active, 1 while a
+// streaming map request is open).
+//
+// The rule: log out only when the map poll has been down, while the control server and tailscaled's LocalAPI
+// answered, on every pass for ReloginAfter and for at least PollBackoff. Any pass on which the control server,
+// tailscaled or its LocalAPI does not answer starts the clock again: an outage is no evidence against this node,
+// and after one, tailscaled's map poll is still in its retry back-off (PollBackoff, its longest pause) while the
+// control server already answers. Through an outage the relay keeps relaying on its last network map.
 func (a *Agent) checkControl(ctx context.Context) string {
 	if a.cfg.ReloginAfter <= 0 {
 		return ""
 	}
 	active, err := a.mapPollActive(ctx)
 	if err != nil || active {
-		a.outOfPoll = time.Time{}
-		return ""
-	}
-	if a.outOfPoll.IsZero() {
-		a.outOfPoll = a.now()
-	}
-	out := a.now().Sub(a.outOfPoll)
-	if out < a.cfg.ReloginAfter {
+		a.zombieSince = time.Time{}
 		return ""
 	}
 	if err := a.controlAnswers(ctx); err != nil {
-		return "" // an outage of the control server: nothing to repair here
+		a.zombieSince = time.Time{} // an outage of the control server: nothing to repair here
+		return ""
+	}
+	if a.zombieSince.IsZero() {
+		a.zombieSince = a.now()
+	}
+	out := a.now().Sub(a.zombieSince)
+	if out < a.cfg.ReloginAfter || out < a.cfg.PollBackoff {
+		return ""
 	}
 	reason := fmt.Sprintf("the control server %s answers but has not let this relay into its map poll for %s "+
 		"(node deleted on the control server?): logging out, so that the relay logs in again with its auth key",
 		a.cfg.LoginServer, out.Round(time.Second))
 	a.logf("%s", reason)
-	a.events.Emit(ctx, "Warning", "LoggingInAgain", reason)
+	a.events.Queue("Warning", "LoggingInAgain", reason)
 	logoutCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if err := a.ts.Logout(logoutCtx); err != nil {
 		a.logf("logout: %v", err)
 	}
-	a.outOfPoll = time.Time{}
+	a.zombieSince = time.Time{}
 	return reason
 }
 
@@ -494,9 +585,10 @@ func (a *Agent) controlAnswers(ctx context.Context) error {
 	return nil
 }
 
-// publish makes a pass's status known: log line and Event when it changes, the status ConfigMap (again, if the
-// last write failed), and queued Events.
-func (a *Agent) publish(ctx context.Context, st Status) {
+// publish makes a pass's status known: /status and /readyz at once, a log line and an Event when it changes; the
+// reporter sends the Events and the status ConfigMap. Nothing here waits for the API server.
+func (a *Agent) publish(st Status) {
+	slices.Sort(st.Warnings) // tailscaled's health is a map: its order must not look like a change
 	a.mu.Lock()
 	prev := a.status
 	changed := prev.Ready != st.Ready || prev.Reason != st.Reason || prev.Since == ""
@@ -511,37 +603,69 @@ func (a *Agent) publish(ctx context.Context, st Status) {
 		if st.Ready {
 			a.logf("relaying: port %d, endpoints %s (%s), UDP port bound for %s", st.Port, strings.Join(st.Endpoints, ","),
 				st.EndpointsFrom, strings.Join(st.BoundFamilies, " and "))
-			a.events.Emit(ctx, "Normal", "Relaying", fmt.Sprintf("port %d, endpoints %s", st.Port, strings.Join(st.Endpoints, ",")))
+			a.events.Queue("Normal", "Relaying", fmt.Sprintf("port %d, endpoints %s", st.Port, strings.Join(st.Endpoints, ",")))
 		} else {
 			a.logf("not ready: %s", st.Reason)
 			if prev.Ready {
-				a.events.Emit(ctx, "Warning", "NotRelaying", st.Reason)
+				a.events.Queue("Warning", "NotRelaying", st.Reason)
 			} else if st.LoginError != "" {
-				a.events.Once(ctx, "Warning", "LoginFailed", st.Reason)
+				a.events.Once("Warning", "LoginFailed", st.Reason)
 			}
 		}
 	}
-	a.events.Flush(ctx)
-	a.writeStatus(ctx, st)
+	select {
+	case a.report <- struct{}{}:
+	default:
+	}
 }
 
-func (a *Agent) writeStatus(ctx context.Context, st Status) {
+// reporter sends the Events and the status ConfigMap after every pass, and at least every Resync, from its own
+// goroutine: a slow or black-holed API server delays only it (each request is bounded by Kube.Do), never a pass.
+func (a *Agent) reporter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.report:
+		case <-time.After(a.cfg.Resync):
+		}
+		a.events.Flush(ctx)
+		a.syncStatus(ctx)
+	}
+}
+
+// syncStatus makes the status ConfigMap say what the agent reports. It reads the ConfigMap back (one GET a resync)
+// and writes only when it differs: a ConfigMap replaced or emptied from outside (helm upgrade --force, Argo CD
+// Replace=true, kubectl replace) is right again within one resync, and an unchanged status costs no write (no new
+// resourceVersion for GitOps tools to notice). Writing on every resync would cost one write a resync instead.
+func (a *Agent) syncStatus(ctx context.Context) {
 	if a.cfg.StatusConfigMap == "" {
 		return
 	}
-	key := st
-	key.Since = ""
-	data, _ := json.Marshal(key)
-	if string(data) == a.written {
-		return
+	st := a.Current()
+	if st.Since == "" {
+		return // no pass yet
 	}
 	body, _ := json.Marshal(st)
+	path := configMapPath(a.cfg.Namespace, a.cfg.StatusConfigMap)
+	var cm ConfigMap
+	if err := a.kube.Get(ctx, path, &cm); err != nil {
+		if a.written != string(body) {
+			a.logf("cannot read the status ConfigMap %s (again at the next pass): %v", a.cfg.StatusConfigMap, err)
+		}
+		return
+	}
+	if cm.Data["status.json"] == string(body) {
+		a.written = string(body)
+		return
+	}
+	if a.written == string(body) {
+		a.logf("the status ConfigMap %s was changed from outside: writing the status again", a.cfg.StatusConfigMap)
+	}
 	patch := map[string]any{"data": map[string]string{"status.json": string(body)}}
-	err := a.kube.Do(ctx, http.MethodPatch, configMapPath(a.cfg.Namespace, a.cfg.StatusConfigMap),
-		"application/merge-patch+json", patch, nil)
-	if err != nil {
+	if err := a.kube.Do(ctx, http.MethodPatch, path, "application/merge-patch+json", patch, nil); err != nil {
 		a.logf("cannot write the status ConfigMap %s (again at the next pass): %v", a.cfg.StatusConfigMap, err)
 		return
 	}
-	a.written = string(data)
+	a.written = string(body)
 }

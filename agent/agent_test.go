@@ -262,11 +262,12 @@ func TestAFailedLoginIsNamedFromTailscaledsHealthNotItsLog(t *testing.T) {
 func TestTailscaledRefusingTheSettingsIsReported(t *testing.T) {
 	h := startAgent(t, nil, func(h *harness) {
 		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-		h.ts.refuseEdit = "relay server disabled by the tailnet's node attributes"
+		// tailscaled's own refusal when a config file owns the prefs (ipn/ipnlocal/local.go L5121)
+		h.ts.refuseEdit = "can't reconfigure tailscaled when using a config file; config file is locked"
 	})
 	waitFor(t, "the refusal in the status", func() (bool, string) {
 		st := h.agent.Current()
-		return !st.Ready && strings.Contains(st.Reason, "refused") && strings.Contains(st.Reason, "node attributes"), fmt.Sprintf("%+v", st)
+		return !st.Ready && strings.Contains(st.Reason, "refused") && strings.Contains(st.Reason, "config file is locked"), fmt.Sprintf("%+v", st)
 	})
 	if !slices.Contains(h.api.eventReasons(), "RefusedByTailscaled") {
 		t.Errorf("no RefusedByTailscaled Event: %v", h.api.eventReasons())

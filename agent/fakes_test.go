@@ -18,12 +18,21 @@ import (
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/net/udprelay/status"
+	"tailscale.com/tailcfg"
 )
 
-// fakeTailscaled serves a LocalAPI on a unix socket that behaves like tailscaled 1.104's on the points the agent
-// relies on: status (BackendState), prefs (GET and PATCH of MaskedPrefs, only the fields marked Set change),
-// debug-peer-relay-sessions (UDPPort is the configured port), the IPN bus (initial state, prefs and health, then
-// a Notify on every change), metrics (clientmetrics text), logout (NeedsLogin).
+// fakeTailscaled serves a LocalAPI on a unix socket that behaves like tailscaled 1.104.7's on the points the agent
+// relies on (lines are tailscale.com v1.104.7's):
+//   - status: BackendState, and Self's CapMap from the self node's (ipn/ipnlocal/local.go L1572-1592);
+//   - prefs: GET, and PATCH of MaskedPrefs where only the fields marked Set change; a refusal is 400 with a JSON
+//     {"error"} body (ipn/localapi/localapi.go L1036-1041), e.g. a locked config file (local.go L5119-5122);
+//     nothing in EditPrefs checks the relay attribute, so a relay disabled by the tailnet takes the port
+//     (local.go L5119-5146 checkPrefsLocked);
+//   - debug-peer-relay-sessions: UDPPort is the configured port while the server runs, null when no port is set or
+//     the tailnet disables the server (feature/relayserver/relayserver.go L189-191, L259-271);
+//   - the IPN bus (initial state, prefs and health, then a Notify on every change), metrics (clientmetrics text),
+//     logout (NeedsLogin).
+//
 // relogin() does what a fresh `tailscale up` does to the relay settings: resets them.
 type fakeTailscaled struct {
 	t      *testing.T
@@ -39,6 +48,8 @@ type fakeTailscaled struct {
 	down       bool // the LocalAPI answers nothing (tailscaled restarting)
 	watchers   []chan ipn.Notify
 	refuseEdit string
+	// relayDisabled: the tailnet's nodeAttrs give this node "disable-relay-server" (tailcfg.NodeAttrDisableRelayServer)
+	relayDisabled bool
 }
 
 func newFakeTailscaled(t *testing.T) *fakeTailscaled {
@@ -71,7 +82,10 @@ func (f *fakeTailscaled) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, "/localapi/v0/")
 	switch {
 	case path == "status":
-		st := ipnstate.Status{Version: "1.104.7", BackendState: f.state.String()}
+		st := ipnstate.Status{Version: "1.104.7", BackendState: f.state.String(), Self: &ipnstate.PeerStatus{}}
+		if f.relayDisabled {
+			st.Self.CapMap = tailcfg.NodeCapMap{tailcfg.NodeAttrDisableRelayServer: nil}
+		}
 		f.mu.Unlock()
 		writeJSON(w, st)
 	case path == "prefs" && r.Method == http.MethodGet:
@@ -88,7 +102,9 @@ func (f *fakeTailscaled) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if f.refuseEdit != "" {
 			msg := f.refuseEdit
 			f.mu.Unlock()
-			http.Error(w, msg, http.StatusBadRequest)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
 			return
 		}
 		if mp.RelayServerPortSet {
@@ -104,6 +120,9 @@ func (f *fakeTailscaled) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, prefs)
 	case path == "debug-peer-relay-sessions":
 		st := status.ServerStatus{UDPPort: f.prefs.RelayServerPort}
+		if f.relayDisabled {
+			st.UDPPort = nil
+		}
 		f.mu.Unlock()
 		writeJSON(w, st)
 	case path == "metrics":
@@ -220,7 +239,10 @@ type fakeAPIServer struct {
 	watches  []chan WatchEvent
 	events   []map[string]any
 	broken   bool
+	stalled  chan struct{} // non-nil: every request hangs until it is closed or the client gives up (a black hole)
+	cutWatch bool          // watches end at once with nothing sent, as a proxy that cuts streams does
 	requests int
+	getsOf   map[string]int
 }
 
 func newFakeAPIServer(t *testing.T) *fakeAPIServer {
@@ -273,6 +295,13 @@ func endStreams[T any](streams *[]chan T) {
 	*streams = nil
 }
 
+// gets counts the GETs of one path (not watches).
+func (f *fakeAPIServer) gets(path string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.getsOf[path]
+}
+
 func (f *fakeAPIServer) eventReasons() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -296,8 +325,32 @@ func (f *fakeAPIServer) status(name string) (Status, bool) {
 	return st, ok
 }
 
+// stall makes the API server a black hole: requests get no answer (packets dropped, not refused) until unstall.
+func (f *fakeAPIServer) stall() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stalled = make(chan struct{})
+	endStreams(&f.watches)
+}
+
+func (f *fakeAPIServer) unstall() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.stalled)
+	f.stalled = nil
+}
+
 func (f *fakeAPIServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
+	if stalled := f.stalled; stalled != nil {
+		f.mu.Unlock()
+		select {
+		case <-stalled:
+		case <-r.Context().Done():
+			return
+		}
+		f.mu.Lock()
+	}
 	f.requests++
 	if f.broken {
 		f.mu.Unlock()
@@ -306,6 +359,10 @@ func (f *fakeAPIServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case r.Method == http.MethodGet && r.URL.Query().Get("watch") == "true":
+		if f.cutWatch {
+			f.mu.Unlock()
+			return
+		}
 		name := strings.TrimPrefix(r.URL.Query().Get("fieldSelector"), "metadata.name=")
 		ch := make(chan WatchEvent, 16)
 		f.watches = append(f.watches, ch)
@@ -331,6 +388,10 @@ func (f *fakeAPIServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	case r.Method == http.MethodGet:
+		if f.getsOf == nil {
+			f.getsOf = map[string]int{}
+		}
+		f.getsOf[r.URL.Path]++
 		obj, ok := f.objects[r.URL.Path]
 		f.mu.Unlock()
 		if !ok {
@@ -367,6 +428,22 @@ func (f *fakeAPIServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.events = append(f.events, ev)
 		w.WriteHeader(http.StatusCreated)
 		writeJSON(w, ev)
+	case r.Method == http.MethodPatch && strings.Contains(r.URL.Path, "/events/"):
+		// a merge patch of count and lastTimestamp, as client-go's recorder sends for a repeated Event
+		defer f.mu.Unlock()
+		name := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+		var patch map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&patch)
+		for _, ev := range f.events {
+			if meta, _ := ev["metadata"].(map[string]any); meta["name"] == name {
+				for k, v := range patch {
+					ev[k] = v
+				}
+				writeJSON(w, ev)
+				return
+			}
+		}
+		http.Error(w, `{"kind":"Status","message":"events not found"}`, http.StatusNotFound)
 	default:
 		f.mu.Unlock()
 		http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, http.StatusMethodNotAllowed)

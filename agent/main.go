@@ -102,6 +102,11 @@ func port(name string) (uint16, error) {
 	return uint16(n), nil
 }
 
+// mapPollMaxBackoff is the longest pause between two of tailscaled's map poll retries: util/backoff/backoff.go
+// L63-66 (min(n²·10 ms, max), times 0.5-1.5) with max 30 s (control/controlclient/auto.go L588), tailscale.com
+// v1.104.7. The agent never logs a relay out before its map poll has had that long to come back.
+const mapPollMaxBackoff = 45 * time.Second
+
 func configFromEnv() (Config, error) {
 	var cfg Config
 	if err := required("POD_NAME", "POD_UID", "NAMESPACE", "RELAY_PORT", "TS_SOCKET", "STATUS_CONFIGMAP"); err != nil {
@@ -111,6 +116,7 @@ func configFromEnv() (Config, error) {
 	cfg.Service = env("SERVICE_NAME", cfg.Pod)
 	cfg.StatusConfigMap = os.Getenv("STATUS_CONFIGMAP")
 	cfg.LoginServer = env("LOGIN_SERVER", "https://controlplane.tailscale.com")
+	cfg.PollBackoff = mapPollMaxBackoff
 	cfg.Sockets = UDPSockets{IPv4Table: env("UDP4_TABLE", "/proc/net/udp"), IPv6Table: env("UDP6_TABLE", "/proc/net/udp6")}
 	var err error
 	if cfg.Port, err = port("RELAY_PORT"); err != nil {
