@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -45,6 +46,9 @@ type fakeResolver struct {
 	answer map[string][]netip.Addr
 	fail   bool
 	calls  int
+	// nxdomain: lookups of the host that answer "no such host" before it resolves (a new cloud load balancer's
+	// name); Go's resolver reports that as a *net.DNSError with IsNotFound (net/dnsclient_unix.go, errNoSuchHost)
+	nxdomain map[string]int
 }
 
 func (r *fakeResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
@@ -53,6 +57,10 @@ func (r *fakeResolver) LookupNetIP(ctx context.Context, network, host string) ([
 	r.calls++
 	if r.fail {
 		return nil, errors.New("server misbehaving")
+	}
+	if r.nxdomain[host] > 0 {
+		r.nxdomain[host]--
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
 	}
 	return r.answer[host], nil
 }

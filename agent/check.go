@@ -139,7 +139,7 @@ func (c *Check) replica(ctx context.Context, name, statusMap, revision string) e
 		c.logf("%s: %s: using relay.staticEndpoints %s", c.cfg.Mode, name, JoinEndpoints(endpoints))
 	} else {
 		c.logf("%s: %s: waiting for Service %s to get a load balancer address", c.cfg.Mode, name, name)
-		var fatal error
+		waitingForDNS := false
 		err := c.waitFor(ctx, fmt.Sprintf("Service %s to get a LoadBalancer address (is a load balancer controller serving it? see kubectl describe service %s)", name, name), func() (bool, string) {
 			var svc Service
 			if err := c.kube.Get(ctx, servicePath(c.cfg.Namespace, name), &svc); err != nil {
@@ -150,8 +150,14 @@ func (c *Check) replica(ctx context.Context, name, statusMap, revision string) e
 				var waiting Waiting
 				var dnsErr *net.DNSError
 				if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-					fatal = err
-					return true, ""
+					// A new cloud load balancer's hostname (an AWS NLB's) is in the Service's status before it
+					// resolves, for a minute or more: the agent waits for it, and so does the check, within its timeout.
+					if !waitingForDNS {
+						c.logf("%s: %s: waiting for DNS: the load balancer's hostname does not resolve yet (a new cloud "+
+							"load balancer's name can take minutes): %v", c.cfg.Mode, name, err)
+						waitingForDNS = true
+					}
+					return false, "waited for DNS: the load balancer's hostname does not resolve yet: " + err.Error()
 				}
 				if !errors.As(err, &waiting) {
 					return false, err.Error()
@@ -163,9 +169,6 @@ func (c *Check) replica(ctx context.Context, name, statusMap, revision string) e
 		})
 		if err != nil {
 			return err
-		}
-		if fatal != nil {
-			return fatal
 		}
 		c.logf("%s: %s: discovered endpoints %s from Service %s", c.cfg.Mode, name, JoinEndpoints(endpoints), name)
 	}

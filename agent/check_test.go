@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -76,6 +77,30 @@ func TestTheCheckTimesOutNamingALoadBalancerThatNeverAnswers(t *testing.T) {
 	err := c.Run(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "waiting for Service relay-0 to get a LoadBalancer address") {
 		t.Fatalf("%v", err)
+	}
+}
+
+func TestTheCheckWaitsForALoadBalancerHostnameThatDoesNotResolveYet(t *testing.T) {
+	c, api, logs := checkHarness(t, Status{PodUID: "uid-0", Ready: true, BackendState: "Running", Port: 40000,
+		Endpoints: []string{"192.0.2.10:40000"}}, "")
+	api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"hostname": "nlb-1.elb.example.com"}))
+	dns := &fakeResolver{answer: map[string][]netip.Addr{"nlb-1.elb.example.com": {netip.MustParseAddr("192.0.2.10")}},
+		nxdomain: map[string]int{"nlb-1.elb.example.com": 5}}
+	c.hosts.Resolver = dns
+	c.cfg.Timeout = 2 * time.Second
+	if err := c.Run(context.Background()); err != nil {
+		t.Fatalf("a hostname that resolves after a while must be waited for: %v", err)
+	}
+	if !strings.Contains(logs.String(), "waiting for DNS") {
+		t.Errorf("the check should say it waits for DNS:\n%s", logs.String())
+	}
+	// one that never resolves: the timeout says the check waited for DNS
+	c, api, _ = checkHarness(t, Status{PodUID: "uid-0", Ready: true, BackendState: "Running", Port: 40000}, "")
+	api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"hostname": "nlb-1.elb.example.com"}))
+	c.hosts.Resolver = &fakeResolver{nxdomain: map[string]int{"nlb-1.elb.example.com": 1 << 30}}
+	err := c.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "waited for DNS") || !strings.Contains(err.Error(), "nlb-1.elb.example.com") {
+		t.Fatalf("the timeout must say the hostname did not resolve: %v", err)
 	}
 }
 

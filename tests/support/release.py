@@ -179,10 +179,13 @@ class Release:
         return json.loads(body.data)
 
     def agent_events(self, pod: str) -> list[tuple[str, str]]:
-        """(reason, message) of the Events the agent posted on POD, oldest first."""
+        """(reason, message) of the Events the agent posted on POD, oldest first (by their last time). The agent
+        aggregates repeats as Kubernetes' recorders do (one object, its count): an Event of count N is listed N
+        times."""
         events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={pod}").items
         events.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
-        return [(e.reason, e.message) for e in events if (e.source and e.source.component) == "relay-agent"]
+        return [(e.reason, e.message) for e in events if (e.source and e.source.component) == "relay-agent"
+                for _ in range(e.count or 1)]
 
     def _on_node(self, pod: str, container: str, script: str) -> subprocess.CompletedProcess:
         """Runs SCRIPT with sh on the kind node of POD, with $CID set to CONTAINER's runtime id (crictl's): what an
