@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +38,7 @@ type Config struct {
 	Retry                  time.Duration // while tailscaled starts or logs in
 	ResolveEvery           time.Duration // load balancer hostnames are resolved again this often
 	LoginServer            string        // the control server, asked whether it answers before a re-login
+	LoginServerCA          []byte        // PEM certificates trusted for it besides the system's roots (agent.loginServerCA)
 	ReloginAfter           time.Duration // out of the map poll this long with control answering: log in again
 	PollBackoff            time.Duration // and at least this long: the longest pause of tailscaled's map poll retries
 	Sockets                UDPSockets
@@ -65,15 +68,16 @@ type Status struct {
 // handlers that read the status. Each field below is owned as its group says.
 type Agent struct {
 	// Set by NewAgent, read by all.
-	cfg    Config
-	ts     *local.Client
-	kube   *Kube
-	hosts  *HostnameCache
-	events *Events
-	logf   func(string, ...any)
-	now    func() time.Time
-	wake   chan struct{} // a pass now (the watches)
-	report chan struct{} // report now (the loop, after a pass)
+	cfg     Config
+	ts      *local.Client
+	kube    *Kube
+	hosts   *HostnameCache
+	events  *Events
+	logf    func(string, ...any)
+	now     func() time.Time
+	wake    chan struct{} // a pass now (the watches)
+	control *http.Client  // to the control server: the system's roots and cfg.LoginServerCA
+	report  chan struct{} // report now (the loop, after a pass)
 
 	// Guarded by mu: written by the watches and the loop, read by the handlers and the reporter.
 	mu          sync.Mutex
@@ -84,9 +88,10 @@ type Agent struct {
 	status      Status // the last pass's, as /status and the status ConfigMap show it
 
 	// The loop's own.
-	loginError  string           // tailscaled's last login error (its login-state health), kept through its restarts
-	lastGood    []netip.AddrPort // endpoints of the last pass that had them
-	zombieSince time.Time        // since when the map poll is down while control and tailscaled answer (checkControl)
+	loginError   string           // tailscaled's last login error (its login-state health), kept through its restarts
+	lastGood     []netip.AddrPort // endpoints of the last pass that had them
+	zombieSince  time.Time        // since when the map poll is down while control and tailscaled answer (checkControl)
+	controlTrust string           // why the control server's certificate is not trusted, or ""
 
 	// The reporter's own.
 	written string // status.json as the ConfigMap last had it (read back or written)
@@ -96,6 +101,7 @@ func NewAgent(cfg Config, ts *local.Client, kube *Kube, resolver Resolver) *Agen
 	a := &Agent{cfg: cfg, ts: ts, kube: kube, logf: log.Printf, now: time.Now, wake: make(chan struct{}, 1),
 		report: make(chan struct{}, 1)}
 	a.hosts = &HostnameCache{Resolver: resolver, Refresh: cfg.ResolveEvery, Now: a.now}
+	a.control = controlClient(cfg.LoginServerCA)
 	a.events = &Events{kube: kube, cfg: cfg, now: a.now, logf: a.logf}
 	return a
 }
@@ -230,6 +236,9 @@ func (a *Agent) observe(ctx context.Context, st *Status) (*ipnstate.PeerStatus, 
 		return nil, fmt.Sprintf("the relay is not logged in yet (%s)", status.BackendState)
 	}
 	a.loginError = ""
+	if a.controlTrust != "" {
+		st.Warnings = append(st.Warnings, a.controlTrust)
+	}
 	return status.Self, ""
 }
 
@@ -574,15 +583,38 @@ func (a *Agent) controlAnswers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := a.control.Do(req)
 	if err != nil {
+		var unknownCA x509.UnknownAuthorityError
+		if errors.As(err, &unknownCA) {
+			a.controlTrust = fmt.Sprintf("cannot check whether the control server %s answers: its certificate is "+
+				"signed by an authority the agent does not trust (give its CA in agent.loginServerCA); until then a "+
+				"relay whose node was deleted is not logged in again", a.cfg.LoginServer)
+		}
 		return err
 	}
+	a.controlTrust = ""
 	res.Body.Close()
 	if res.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s/key: %s", a.cfg.LoginServer, res.Status)
 	}
 	return nil
+}
+
+// controlClient: Go's client with the system's roots (Mozilla's, built in: roots.go) and the PEM certificates in
+// extra, for a control server behind a private CA.
+func controlClient(extra []byte) *http.Client {
+	if len(extra) == 0 {
+		return http.DefaultClient
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	pool.AppendCertsFromPEM(extra)
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: transport}
 }
 
 // publish makes a pass's status known: /status and /readyz at once, a log line and an Event when it changes; the

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -245,5 +246,22 @@ func TestAControlServerBackFromAnOutageGivesTheMapPollItsWholeBackoff(t *testing
 	// down for the back-off and ReloginAfter with control answering all along: control refuses this node
 	if reason, logouts := pass(366 * time.Second); logouts != 1 || !strings.Contains(reason, "logging out") {
 		t.Fatalf("the map poll was down 46 s with control answering: want one logout, got %d (%q)", logouts, reason)
+	}
+}
+
+func TestAControlServerBehindAPrivateCAIsTrustedWithLoginServerCA(t *testing.T) {
+	control := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"publicKey":"mkey:00"}`)
+	}))
+	defer control.Close()
+	ctx := context.Background()
+	without := NewAgent(Config{LoginServer: control.URL}, nil, nil, &fakeResolver{})
+	if err := without.controlAnswers(ctx); err == nil || !strings.Contains(without.controlTrust, "agent.loginServerCA") {
+		t.Fatalf("a control server whose CA is not trusted must be named, with the value to set: %v, %q", err, without.controlTrust)
+	}
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: control.Certificate().Raw})
+	with := NewAgent(Config{LoginServer: control.URL, LoginServerCA: ca}, nil, nil, &fakeResolver{})
+	if err := with.controlAnswers(ctx); err != nil || with.controlTrust != "" {
+		t.Fatalf("with its CA in agent.loginServerCA the control server must be trusted: %v, %q", err, with.controlTrust)
 	}
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -117,6 +118,12 @@ func configFromEnv() (Config, error) {
 	cfg.StatusConfigMap = os.Getenv("STATUS_CONFIGMAP")
 	cfg.LoginServer = env("LOGIN_SERVER", "https://controlplane.tailscale.com")
 	cfg.PollBackoff = mapPollMaxBackoff
+	if ca := os.Getenv("LOGIN_SERVER_CA"); ca != "" {
+		if !x509.NewCertPool().AppendCertsFromPEM([]byte(ca)) {
+			return cfg, errors.New("LOGIN_SERVER_CA (agent.loginServerCA) holds no PEM certificate")
+		}
+		cfg.LoginServerCA = []byte(ca)
+	}
 	cfg.Sockets = UDPSockets{IPv4Table: env("UDP4_TABLE", "/proc/net/udp"), IPv6Table: env("UDP6_TABLE", "/proc/net/udp6")}
 	var err error
 	if cfg.Port, err = port("RELAY_PORT"); err != nil {

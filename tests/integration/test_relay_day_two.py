@@ -132,11 +132,37 @@ def test_through_an_api_server_outage_the_relay_stays_ready_and_relaying(release
     assert "NotRelaying" not in reasons, reasons
 
 
-def test_a_hostname_only_load_balancer_is_resolved_to_the_addresses_the_relay_advertises(release):
-    # An AWS NLB gives a Service only a hostname. Here no load balancer serves the Service (a class nobody serves),
-    # and its status gets a hostname the cluster's DNS resolves: the API server's Service name.
-    hostname = "kubernetes.default.svc.cluster.local"
-    cluster_ips = release.core.read_namespaced_service("kubernetes", "default").spec.cluster_ips
+def test_a_status_configmap_replaced_from_outside_is_written_again_for_helm_test_and_a_forced_upgrade(release):
+    # kubectl replace, Argo CD's Replace=true and helm upgrade --force-replace put the chart's empty status ConfigMap
+    # back while the relay's status does not change; the hook and helm test wait for what the agent writes there.
+    resync = 10
+    release.install({**SEED, "agent": {"resyncSeconds": resync}})
+    eventually_advertises(release, 0)
+    name = release.status_configmap(0)
+    wait_for(lambda: release.agent_status(0), "the agent's first status", WITHIN, interval=2,
+             until=lambda st: st.get("ready"))
+    found = release.core.read_namespaced_config_map(name, release.namespace)
+    release.core.replace_namespaced_config_map(name, release.namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(
+        name=name, labels=found.metadata.labels, annotations=found.metadata.annotations)))
+    assert release.agent_status(0) == {}, "the ConfigMap should have been emptied"
+    # within one resync (and the time a pass takes): two, to leave room for a busy node
+    wait_for(lambda: release.agent_status(0), f"the agent to write its status again (agent.resyncSeconds {resync})",
+             2 * resync + 10, interval=2, until=lambda st: st.get("ready"), explain=lambda: release.agent_log(release.pod(0)))
+    release.test()
+    # Helm 4's --force-replace (Helm 3's --force) replaces every object, the status ConfigMap with it: the
+    # post-upgrade hook must pass with nothing changed
+    release.helm("upgrade", release.name, release.chart, *release.chart_args, "--force-replace", "--timeout", "3m",
+                 values={**SEED, "agent": {"resyncSeconds": resync}})
+    assert release.agent_status(0).get("ready"), release.agent_status(0)
+
+
+def test_a_load_balancer_hostname_that_resolves_only_later_is_waited_for_and_advertised(release):
+    # An AWS NLB gives a Service only a hostname, and a new NLB's hostname is in the Service's status a minute or
+    # more before it resolves. Here no load balancer serves the Service (a class nobody serves); its status gets a
+    # cluster DNS name that answers "no such host" until its Service is created, once the hook says it waits for
+    # DNS. The hook (helm install without --wait) must wait for it, not fail.
+    late = "late-load-balancer"
+    hostname = f"{late}.{release.namespace}.svc.cluster.local"
     values = {"relay": {"port": PORT}, "service": {"loadBalancerClass": "example.com/nobody-serves-this"}}
     installing = threading.Thread(target=release.install, args=(values,), kwargs={"wait": False})
     installing.start()
@@ -145,9 +171,18 @@ def test_a_hostname_only_load_balancer_is_resolved_to_the_addresses_the_relay_ad
         "status": {"loadBalancer": {"ingress": [{"hostname": hostname}]}}}),
         f"Service {release.pod(0)} to exist, to give it a hostname", 60, tolerate=(client.ApiException,),
         explain=release.describe)
+    # the hook log is gone once the hook succeeded (hook-delete-policy hook-succeeded): read it now
+    wait_for(release.hook_log, "the hook to say it waits for the load balancer's hostname to resolve", 180, interval=3,
+             until=lambda log: "waiting for DNS" in log or not installing.is_alive(), tolerate=(client.ApiException,),
+             explain=release.describe)
+    assert installing.is_alive(), f"helm install ended while the load balancer's hostname did not resolve yet:\n{release.hook_log()}"
+    created = release.core.create_namespaced_service(release.namespace, client.V1Service(
+        metadata=client.V1ObjectMeta(name=late),
+        spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=PORT, protocol="UDP")],
+                                  ip_family_policy="PreferDualStack")))
     installing.join(timeout=300)
     assert not installing.is_alive(), "helm install (its hook) did not finish"
-    wanted = {endpoint(ip, PORT) for ip in cluster_ips}
+    wanted = {endpoint(ip, PORT) for ip in created.spec.cluster_ips}
     assert release.relay_settings(release.pod(0)) == (str(PORT), wanted), release.agent_status(0)
     assert release.agent_status(0)["ready"], release.agent_status(0)
 
@@ -158,27 +193,13 @@ def test_a_new_load_balancer_address_is_advertised(release):
     service = release.core.read_namespaced_service(release.pod(0), release.namespace)
     old = {i.ip for i in service.status.load_balancer.ingress}
     # Move the Service to other addresses of the MetalLB pool, as a pool edit or a recreated cloud LB would.
-    new = {ip: next_free(release, ip) for ip in old}
+    new = {ip: release.free_pool_address(ip) for ip in old}
     release.core.patch_namespaced_service(release.pod(0), release.namespace, {"metadata": {"annotations": {
         "metallb.io/loadBalancerIPs": ",".join(new.values())}}})
     wait_for(lambda: release.service_addresses(release.pod(0)),
              f"MetalLB to move the Service to {sorted(new.values())}", 60, until=lambda seen: set(seen) == set(new.values()))
     _, endpoints = eventually_advertises(release, 0)
     assert {e.rsplit(":", 1)[0].strip("[]") for e in endpoints} == set(new.values()), endpoints
-
-
-def next_free(release, ip: str) -> str:
-    """An address of the same family in the MetalLB pool that no Service uses."""
-    import ipaddress
-
-    used = {i.ip for s in release.core.list_service_for_all_namespaces().items
-            for i in (s.status.load_balancer.ingress or []) if i.ip}
-    candidate = ipaddress.ip_address(ip)
-    for _ in range(40):
-        candidate += 1
-        if str(candidate) not in used:
-            return str(candidate)
-    pytest.fail(f"no free pool address after {ip}")
 
 
 def test_a_deleted_relay_pod_comes_back_relaying_without_the_hook(release):

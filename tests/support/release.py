@@ -1,7 +1,9 @@
 """Installs the chart into a test namespace with the cluster's images, and reads relays back."""
 from __future__ import annotations
 
+import contextlib
 import datetime
+import ipaddress
 import json
 import os
 import subprocess
@@ -101,6 +103,17 @@ class Release:
     def all_service_endpoints(self, replicas: int, port: int) -> set[str]:
         """What the release's REPLICAS relays advertise together: every replica Service's addresses with PORT."""
         return set().union(*(self.service_endpoints(i, port) for i in range(replicas)))
+
+    def free_pool_address(self, ip: str) -> str:
+        """An address of IP's family after it in the MetalLB pool that no Service uses."""
+        used = {i.ip for s in self.core.list_service_for_all_namespaces().items
+                for i in (s.status.load_balancer.ingress or []) if i.ip}
+        candidate = ipaddress.ip_address(ip)
+        for _ in range(40):
+            candidate += 1
+            if str(candidate) not in used:
+                return str(candidate)
+        pytest.fail(f"no free pool address after {ip}")
 
     def pod_nodes(self, replicas: int) -> dict[int, str]:
         """The node each of the REPLICAS relay pods is scheduled on, by replica index."""
@@ -207,6 +220,23 @@ class Release:
                                                f"'{{{{.info.pid}}}}' \"$CID\")\" -n ss -K dst {address}")
         assert result.returncode == 0, f"ss -K dst {address} in {pod}: {result.stderr}"
         return result.stdout
+
+    @contextlib.contextmanager
+    def black_hole(self, pod: str, address: str, port: int):
+        """For the duration of the with block, POD's network namespace drops every TCP packet it sends to ADDRESS:PORT
+        (iptables DROP in its OUTPUT chain, set from its node): a network partition or an overloaded server as
+        production has them, where nothing is refused and every call waits for its own timeout. Only this pod is
+        cut off; what it already sent is not taken back."""
+        tool = "ip6tables" if ":" in address else "iptables"
+        rule = f"OUTPUT -p tcp -d {address} --dport {port} -j DROP"
+        netns = 'nsenter -t "$(crictl inspect -o go-template --template \'{{.info.pid}}\' "$CID")" -n'
+        result = self._on_node(pod, "agent", f"{netns} {tool} -w -I {rule}")
+        assert result.returncode == 0, f"{tool} -I {rule} in {pod}: {result.stderr}"
+        try:
+            yield
+        finally:
+            result = self._on_node(pod, "agent", f"{netns} {tool} -w -D {rule}")
+            assert result.returncode == 0, f"{tool} -D {rule} in {pod}: {result.stderr}"
 
     def container_status(self, pod: str, container: str) -> client.V1ContainerStatus:
         found = self.core.read_namespaced_pod(pod, self.namespace)

@@ -84,6 +84,7 @@ def test_misspelt_keys_fail(values, where):
         ({"hook": {"timeoutSeconds": 1}}, "/hook/timeoutSeconds"),
         ({"agent": {"image": {"digest": "latest"}}}, "/agent/image/digest"),
         ({"agent": {"resyncSeconds": 1}}, "/agent/resyncSeconds"),
+        ({"agent": {"loginServerCA": "MIIB...not PEM"}}, "/agent/loginServerCA"),
     ],
 )
 def test_wrong_types_ranges_and_enums_fail(values, where):

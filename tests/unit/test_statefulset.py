@@ -1,7 +1,7 @@
 """The relay StatefulSet: image, identity, Tailscale settings and pod placement follow the values."""
 import pytest
 
-from support.render import FULLNAME, RenderError, env_of, find, one, relay_container, render
+from support.render import FULLNAME, RenderError, container, env_of, find, one, relay_container, render
 from support.repo import versions
 
 
@@ -240,3 +240,14 @@ def test_the_users_affinity_and_budget_settings_win():
     manifests = render({"replicaCount": 2, "affinity": mine, "podDisruptionBudget": {"enabled": False}})
     assert one(manifests, "StatefulSet")["spec"]["template"]["spec"]["affinity"] == mine
     assert not find(manifests, "PodDisruptionBudget")
+
+
+def test_the_agent_trusts_the_control_servers_private_ca_only_when_given():
+    assert "LOGIN_SERVER_CA" not in env_of(container(render(), "agent"))
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    assert env_of(container(render({"agent": {"loginServerCA": pem}}), "agent"))["LOGIN_SERVER_CA"] == pem
+
+
+def test_the_agents_readiness_probe_tolerates_one_slow_answer():
+    probe = container(render(), "agent")["readinessProbe"]
+    assert (probe["periodSeconds"], probe["timeoutSeconds"], probe["failureThreshold"]) == (5, 2, 2)

@@ -65,6 +65,7 @@ CHANGES = {
     "agent.port": ({}, {"agent": {"port": 9010}}),
     "agent.resyncSeconds": ({}, {"agent": {"resyncSeconds": 60}}),
     "agent.reloginAfterSeconds": ({}, {"agent": {"reloginAfterSeconds": 0}}),
+    "agent.loginServerCA": ({}, {"agent": {"loginServerCA": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}),
     "agent.resources": ({}, {"agent": {"resources": {"limits": {"memory": "48Mi"}}}}),
     "hook.timeoutSeconds": ({}, {"hook": {"timeoutSeconds": 60}}),
     "hook.weight": ({}, {"hook": {"weight": 1}}),
