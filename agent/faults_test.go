@@ -19,6 +19,7 @@ import (
 
 	"tailscale.com/client/local"
 	"tailscale.com/health"
+	"tailscale.com/ipn"
 )
 
 func TestABlackHoledAPIServerNeitherDelaysNorFailsAPass(t *testing.T) {
@@ -264,4 +265,37 @@ func TestAControlServerBehindAPrivateCAIsTrustedWithLoginServerCA(t *testing.T) 
 	if err := with.controlAnswers(ctx); err != nil || with.controlTrust != "" {
 		t.Fatalf("with its CA in agent.loginServerCA the control server must be trusted: %v, %q", err, with.controlTrust)
 	}
+}
+
+// A tailscale container crash-looping (containerboot restarting tailscaled, each time Starting with its node key and
+// no map poll yet) for longer than ReloginAfter is no evidence against the node: tailscaled not answering starts
+// the clock again.
+func TestACrashLoopingTailscaledLongerThanTheReloginWindowIsNotLoggedOut(t *testing.T) {
+	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"publicKey":"mkey:00"}`)
+	}))
+	defer control.Close()
+	h := startAgent(t, func(c *Config) { c.LoginServer = control.URL; c.ReloginAfter = 300 * time.Millisecond }, func(h *harness) {
+		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
+	})
+	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h.ts.mu.Lock()
+	h.ts.inMapPoll = false
+	h.ts.mu.Unlock()
+	for range 8 { // 1.6 s: more than five re-login windows
+		h.ts.setDown(true)
+		time.Sleep(100 * time.Millisecond)
+		h.ts.setDown(false)
+		h.ts.setState(ipn.Starting, "")
+		time.Sleep(100 * time.Millisecond)
+	}
+	h.ts.mu.Lock()
+	logouts := h.ts.logouts
+	h.ts.inMapPoll = true
+	h.ts.mu.Unlock()
+	if logouts != 0 {
+		t.Fatalf("a crash loop of tailscaled logged the relay out %d times:\n%s", logouts, h.logs.String())
+	}
+	h.ts.setState(ipn.Running, "")
+	h.waitRelaying("relaying once tailscaled runs again", 40000, "192.0.2.10:40000")
 }
