@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -291,19 +292,12 @@ func TestARelayTheControlServerNoLongerServesLogsOutToLogInAgain(t *testing.T) {
 // testRelogin: the node deleted while tailscaled runs (Running, the map poll ends) or before it restarts (Starting:
 // it has a node key, and control refuses its map requests).
 func testRelogin(t *testing.T, state ipn.State) {
-	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/key" {
-			fmt.Fprint(w, `{"publicKey":"mkey:00"}`)
-		}
-	}))
-	defer control.Close()
-	h := startAgent(t, func(c *Config) { c.LoginServer = control.URL; c.ReloginAfter = 200 * time.Millisecond }, func(h *harness) {
+	control := fakeControl(t, nil)
+	h := startAgent(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 200 * time.Millisecond }, func(h *harness) {
 		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
 	})
 	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
-	h.ts.mu.Lock()
-	h.ts.inMapPoll = false // the node was deleted: every map request is refused
-	h.ts.mu.Unlock()
+	h.ts.setMapPoll(false) // the node was deleted: every map request is refused
 	h.ts.setState(state, "")
 	waitFor(t, "a logout, which makes containerboot restart tailscaled and log in with the auth key", func() (bool, string) {
 		h.ts.mu.Lock()
@@ -314,25 +308,18 @@ func testRelogin(t *testing.T, state ipn.State) {
 		t.Errorf("no LoggingInAgain Event: %v", h.api.eventReasons())
 	}
 	// logged in again as a new node: the settings are set on it
-	h.ts.mu.Lock()
-	h.ts.inMapPoll = true
-	h.ts.mu.Unlock()
+	h.ts.setMapPoll(true)
 	h.ts.relogin()
 	h.waitRelaying("the settings on the new login", 40000, "192.0.2.10:40000")
 }
 
 func TestAControlServerOutageIsNoReasonToLogOut(t *testing.T) {
-	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "down for maintenance", http.StatusBadGateway)
-	}))
-	defer control.Close()
-	h := startAgent(t, func(c *Config) { c.LoginServer = control.URL; c.ReloginAfter = 100 * time.Millisecond }, func(h *harness) {
+	control := fakeControl(t, &atomic.Bool{}) // down
+	h := startAgent(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 100 * time.Millisecond }, func(h *harness) {
 		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
 	})
 	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
-	h.ts.mu.Lock()
-	h.ts.inMapPoll = false
-	h.ts.mu.Unlock()
+	h.ts.setMapPoll(false)
 	time.Sleep(600 * time.Millisecond)
 	h.ts.mu.Lock()
 	logouts := h.ts.logouts

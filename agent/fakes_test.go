@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -460,6 +461,28 @@ func service(name string, policy string, ingress ...map[string]any) map[string]a
 		"spec":     map[string]any{"ipFamilyPolicy": policy},
 		"status":   map[string]any{"loadBalancer": map[string]any{"ingress": items}},
 	}
+}
+
+// fakeControl serves a control server's unauthenticated /key (Tailscale's and Headscale's answer 200 with the
+// server's public keys) and returns its URL; while up is false it answers 502, as a control server whose proxy is
+// up and whose backend is down. up nil: always up.
+func fakeControl(t *testing.T, up *atomic.Bool) string {
+	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if up != nil && !up.Load() {
+			http.Error(w, "bad gateway", http.StatusBadGateway)
+			return
+		}
+		fmt.Fprint(w, `{"publicKey":"mkey:00"}`)
+	}))
+	t.Cleanup(control.Close)
+	return control.URL
+}
+
+// setMapPoll: tailscaled's streaming map request is open (controlclient_map_requests_active 1) or not.
+func (f *fakeTailscaled) setMapPoll(active bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.inMapPoll = active
 }
 
 // waitFor polls cond for up to 10 s and fails the test with what it waited for and the last thing it saw.

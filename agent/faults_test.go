@@ -198,17 +198,10 @@ func TestEventsTheAPIServerDoesNotTakeAreBoundedAndTheDropsCounted(t *testing.T)
 // down for PollBackoff with control answering all along.
 func TestAControlServerBackFromAnOutageGivesTheMapPollItsWholeBackoff(t *testing.T) {
 	var controlUp atomic.Bool
-	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !controlUp.Load() {
-			http.Error(w, "bad gateway", http.StatusBadGateway)
-			return
-		}
-		fmt.Fprint(w, `{"publicKey":"mkey:00"}`)
-	}))
-	defer control.Close()
+	control := fakeControl(t, &controlUp)
 	ts := newFakeTailscaled(t)
-	ts.inMapPoll = false // the poll broke when the control server went away
-	cfg := Config{Pod: "relay-0", Namespace: "relays", LoginServer: control.URL, ReloginAfter: 30 * time.Second,
+	ts.setMapPoll(false) // the poll broke when the control server went away
+	cfg := Config{Pod: "relay-0", Namespace: "relays", LoginServer: control, ReloginAfter: 30 * time.Second,
 		PollBackoff: 45 * time.Second}
 	a := NewAgent(cfg, &local.Client{Socket: ts.socket, UseSocketOnly: true}, newFakeAPIServer(t).kube(), &fakeResolver{})
 	a.logf = func(string, ...any) {}
@@ -271,17 +264,12 @@ func TestAControlServerBehindAPrivateCAIsTrustedWithLoginServerCA(t *testing.T) 
 // no map poll yet) for longer than ReloginAfter is no evidence against the node: tailscaled not answering starts
 // the clock again.
 func TestACrashLoopingTailscaledLongerThanTheReloginWindowIsNotLoggedOut(t *testing.T) {
-	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprint(w, `{"publicKey":"mkey:00"}`)
-	}))
-	defer control.Close()
-	h := startAgent(t, func(c *Config) { c.LoginServer = control.URL; c.ReloginAfter = 300 * time.Millisecond }, func(h *harness) {
+	control := fakeControl(t, nil)
+	h := startAgent(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 300 * time.Millisecond }, func(h *harness) {
 		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
 	})
 	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
-	h.ts.mu.Lock()
-	h.ts.inMapPoll = false
-	h.ts.mu.Unlock()
+	h.ts.setMapPoll(false)
 	for range 8 { // 1.6 s: more than five re-login windows
 		h.ts.setDown(true)
 		time.Sleep(100 * time.Millisecond)
@@ -291,8 +279,8 @@ func TestACrashLoopingTailscaledLongerThanTheReloginWindowIsNotLoggedOut(t *test
 	}
 	h.ts.mu.Lock()
 	logouts := h.ts.logouts
-	h.ts.inMapPoll = true
 	h.ts.mu.Unlock()
+	h.ts.setMapPoll(true)
 	if logouts != 0 {
 		t.Fatalf("a crash loop of tailscaled logged the relay out %d times:\n%s", logouts, h.logs.String())
 	}

@@ -100,6 +100,27 @@ def test_a_relay_whose_node_is_deleted_while_it_runs_logs_in_again_by_itself(rel
     assert release.agent_status(0)["ready"], release.agent_status(0)
 
 
+def test_a_node_deleted_with_its_map_stream_left_open_is_headscales_documented_limit(release):
+    # Deleted as an admin would, nothing else: Headscale up to v0.29.3 keeps the deleted node's map stream open with
+    # keep-alives and sends it nothing else (docs/upstream/headscale-deleted-node-stream.md), and tailscaled exposes
+    # nothing that differs from a quiet tailnet, so the relay stays Running on its last network map and its agent
+    # cannot tell. This test shows that limit: when it fails because the relay registered again by itself (a
+    # Headscale with PR #3449 ends the stream), the README's limit and this test should go.
+    release.install({**SEED, "agent": {"reloginAfterSeconds": RELOGIN_AFTER}})
+    pod = release.pod(0)
+    eventually_advertises(release, 0)
+    node_key, old_id = delete_node(release, pod)
+    # the agent's whole window: RELOGIN_AFTER, at least tailscaled's longest map poll back-off (45 s), a pass
+    time.sleep(max(RELOGIN_AFTER, 45) + 30)
+    again = [n["id"] for n in json.loads(headscale("nodes", "list", "-o", "json")) if n["node_key"] == node_key]
+    status = json.loads(release.tailscale(pod, "status", "--json"))
+    assert not again, (f"the relay registered again by itself ({again}) with its map stream left open: Headscale "
+                       "now ends a deleted node's stream; update the README's limit and this test")
+    assert status["Self"]["Online"], "tailscaled should still count its open map stream as a live poll"
+    assert "LoggingInAgain" not in [r for r, _ in release.agent_events(pod)]
+    assert release.agent_status(0)["ready"], release.agent_status(0)
+
+
 def test_through_an_api_server_outage_the_relay_stays_ready_and_relaying(release):
     release.install(SEED)
     pod = release.pod(0)
