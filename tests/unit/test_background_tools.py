@@ -136,7 +136,10 @@ def test_a_tool_the_background_build_does_not_make_is_not_waited_for(tmp_path):
 def test_stop_ends_a_background_build_and_says_where_it_stopped(tools_env):
     env, tools = tools_env
     assert install_tools(env, "start-later").returncode == 0
-    running = started(tools)
+    # past its pid, to its first step: on a busy machine a stop can come between the two (seen: "during: starting")
+    running = wait_for(lambda: state_of(tools), "the background build to begin building", 30,
+                       until=lambda state: state["pid"] > 0 and state["detail"].startswith("building"), interval=0.2,
+                       tolerate=(json.JSONDecodeError,))
     assert install_tools(env, "stop").returncode == 0
     state = state_of(tools)
     assert state["state"] == "failed", state
