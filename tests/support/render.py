@@ -14,7 +14,7 @@ from support.values import with_credential
 
 RELEASE = "relay"
 NAMESPACE = "tailnet"
-# The default release's fullname, for the unit tests' lookups; tests/unit/test_names.py holds it equal to the render's.
+# The default release's fullname, for the unit tests' lookups; tests/unit/test_support.py holds it equal to the render's.
 FULLNAME = "relay-tailscale-peer-relay"
 
 
