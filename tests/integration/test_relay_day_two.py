@@ -110,8 +110,8 @@ def test_a_node_deleted_with_its_map_stream_left_open_is_headscales_documented_l
     pod = release.pod(0)
     eventually_advertises(release, 0)
     node_key, old_id = delete_node(release, pod)
-    # the agent's whole window: RELOGIN_AFTER, at least tailscaled's longest map poll back-off (45 s), a pass
-    time.sleep(max(RELOGIN_AFTER, 45) + 30)
+    # the agent's whole window: RELOGIN_AFTER, at least tailscaled's longest map poll back-off (45 s), and a pass
+    time.sleep(max(RELOGIN_AFTER, 45) + 10)
     again = [n["id"] for n in json.loads(headscale("nodes", "list", "-o", "json")) if n["node_key"] == node_key]
     status = json.loads(release.tailscale(pod, "status", "--json"))
     assert not again, (f"the relay registered again by itself ({again}) with its map stream left open: Headscale "
