@@ -23,7 +23,7 @@ import (
 	"tailscale.com/health"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
-	"tailscale.com/tailcfg"
+	"tailscale.com/tailcfg/nodecap"
 	"tailscale.com/tsconst"
 )
 
@@ -302,11 +302,11 @@ func (a *Agent) verify(ctx context.Context, st *Status, self *ipnstate.PeerStatu
 	if err != nil {
 		return fmt.Sprintf("cannot read the relay server's state: %v", err)
 	}
-	if server.UDPPort == nil && self != nil && self.CapMap.Contains(tailcfg.NodeAttrDisableRelayServer) {
+	if server.UDPPort == nil && self != nil && self.CapMap.Contains(nodecap.DisableRelayServer) {
 		// tailscaled keeps the port in its preferences and does not run the server (feature/relayserver/relayserver.go
 		// L189-191 relayServerShouldBeRunningLocked; L259-271 reports UDPPort null)
 		return fmt.Sprintf("the tailnet disables the relay server on this node (node attribute %q in the tailnet "+
-			"policy's nodeAttrs applies to it): remove that attribute for the relay's tags", tailcfg.NodeAttrDisableRelayServer)
+			"policy's nodeAttrs applies to it): remove that attribute for the relay's tags", nodecap.DisableRelayServer)
 	}
 	if server.UDPPort == nil {
 		// the port is in tailscaled's preferences (apply), so the server failed to start (relayserver.go L179-187)

@@ -20,6 +20,7 @@ import (
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/net/udprelay/status"
 	"tailscale.com/tailcfg"
+	"tailscale.com/tailcfg/nodecap"
 )
 
 // fakeTailscaled serves a LocalAPI on a unix socket that behaves like tailscaled 1.104.7's on the points the agent
@@ -49,7 +50,7 @@ type fakeTailscaled struct {
 	down       bool // the LocalAPI answers nothing (tailscaled restarting)
 	watchers   []chan ipn.Notify
 	refuseEdit string
-	// relayDisabled: the tailnet's nodeAttrs give this node "disable-relay-server" (tailcfg.NodeAttrDisableRelayServer)
+	// relayDisabled: the tailnet's nodeAttrs give this node "disable-relay-server" (nodecap.DisableRelayServer)
 	relayDisabled bool
 }
 
@@ -85,7 +86,7 @@ func (f *fakeTailscaled) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "status":
 		st := ipnstate.Status{Version: "1.104.7", BackendState: f.state.String(), Self: &ipnstate.PeerStatus{}}
 		if f.relayDisabled {
-			st.Self.CapMap = tailcfg.NodeCapMap{tailcfg.NodeAttrDisableRelayServer: nil}
+			st.Self.CapMap = tailcfg.NodeCapMap{nodecap.DisableRelayServer: nil}
 		}
 		f.mu.Unlock()
 		writeJSON(w, st)
