@@ -338,8 +338,10 @@ func (f *fakeAPIServer) stall() {
 func (f *fakeAPIServer) unstall() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	close(f.stalled)
-	f.stalled = nil
+	if f.stalled != nil {
+		close(f.stalled)
+		f.stalled = nil
+	}
 }
 
 func (f *fakeAPIServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
