@@ -50,7 +50,7 @@ def stays_ready(release, pod: str, before, seconds: float) -> None:
         time.sleep(2)
 
 
-def test_a_black_holed_control_server_keeps_the_relay_ready_and_its_node(release):
+def test_a_control_server_black_holed_then_refusing_keeps_the_relay_ready_and_its_node(release):
     release.install({**SEED, "agent": {"reloginAfterSeconds": RELOGIN_AFTER, "resyncSeconds": RESYNC}})
     pod = release.pod(0)
     advertises(release)
@@ -59,8 +59,13 @@ def test_a_black_holed_control_server_keeps_the_relay_ready_and_its_node(release
     login = urlparse(os.environ["LOGIN_SERVER"])
     with release.black_hole(pod, login.hostname, login.port or 80):
         # the map poll breaks at once (a NAT or load balancer forgetting the connection), and every retry goes
-        # unanswered: two re-login windows with the control server silent
+        # unanswered: two re-login windows with the control server silent (a map request whose dial hangs counts as
+        # an active poll, so tailscaled's metric says 1 through it)
         release.cut_connections(pod, "tailscale", login.hostname)
+        stays_ready(release, pod, before, OUTAGE)
+    with release.refused(pod, login.hostname, login.port or 80):
+        # then its host answers and its process does not (restarting): each map request fails at once, the poll is
+        # down and in its back-off, as it still is for a while after the control server is back
         stays_ready(release, pod, before, OUTAGE)
     # back: tailscaled's map poll returns by itself within its back-off; the agent must not have logged it out
     wait_for(lambda: json.loads(release.tailscale(pod, "status", "--json"))["Self"]["Online"],

@@ -221,14 +221,22 @@ class Release:
         assert result.returncode == 0, f"ss -K dst {address} in {pod}: {result.stderr}"
         return result.stdout
 
-    @contextlib.contextmanager
     def black_hole(self, pod: str, address: str, port: int):
         """For the duration of the with block, POD's network namespace drops every TCP packet it sends to ADDRESS:PORT
         (iptables DROP in its OUTPUT chain, set from its node): a network partition or an overloaded server as
         production has them, where nothing is refused and every call waits for its own timeout. Only this pod is
         cut off; what it already sent is not taken back."""
+        return self._blocked(pod, address, port, "DROP")
+
+    def refused(self, pod: str, address: str, port: int):
+        """As black_hole, but every connection to ADDRESS:PORT is refused at once (a TCP reset): a server whose host is
+        up and whose process is not (restarting, crash-looping)."""
+        return self._blocked(pod, address, port, "REJECT --reject-with tcp-reset")
+
+    @contextlib.contextmanager
+    def _blocked(self, pod: str, address: str, port: int, target: str):
         tool = "ip6tables" if ":" in address else "iptables"
-        rule = f"OUTPUT -p tcp -d {address} --dport {port} -j DROP"
+        rule = f"OUTPUT -p tcp -d {address} --dport {port} -j {target}"
         netns = 'nsenter -t "$(crictl inspect -o go-template --template \'{{.info.pid}}\' "$CID")" -n'
         result = self._on_node(pod, "agent", f"{netns} {tool} -w -I {rule}")
         assert result.returncode == 0, f"{tool} -I {rule} in {pod}: {result.stderr}"
