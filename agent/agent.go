@@ -42,6 +42,7 @@ type Config struct {
 	ReloginAfter           time.Duration // out of the map poll this long with control answering: log in again
 	PollBackoff            time.Duration // and at least this long: the longest pause of tailscaled's map poll retries
 	Sockets                UDPSockets
+	LocalAPITimeout        time.Duration // each LocalAPI call's (localAPITimeout when zero)
 }
 
 // Status is the agent's report: what the hook and helm test read (the status ConfigMap), what /status serves.
@@ -88,16 +89,22 @@ type Agent struct {
 	status      Status // the last pass's, as /status and the status ConfigMap show it
 
 	// The loop's own.
-	loginError   string           // tailscaled's last login error (its login-state health), kept through its restarts
-	lastGood     []netip.AddrPort // endpoints of the last pass that had them
-	zombieSince  time.Time        // since when the map poll is down while control and tailscaled answer (checkControl)
-	controlTrust string           // why the control server's certificate is not trusted, or ""
+	loginError    string           // tailscaled's last login error (its login-state health), kept through its restarts
+	lastGood      []netip.AddrPort // endpoints of the last pass that had them
+	zombieSince   time.Time        // since when the map poll is down while control and tailscaled answer (checkControl)
+	controlTrust  string           // why the control server's certificate is not trusted, or ""
+	localTimedOut bool             // a LocalAPI call of this pass ran out of time
+	lastRelaying  *Status          // the last pass that found the relay relaying
+	busySince     time.Time        // since when tailscaled's LocalAPI has not answered in time (whileBusy)
 
 	// The reporter's own.
 	written string // status.json as the ConfigMap last had it (read back or written)
 }
 
 func NewAgent(cfg Config, ts *local.Client, kube *Kube, resolver Resolver) *Agent {
+	if cfg.LocalAPITimeout == 0 {
+		cfg.LocalAPITimeout = localAPITimeout
+	}
 	a := &Agent{cfg: cfg, ts: ts, kube: kube, logf: log.Printf, now: time.Now, wake: make(chan struct{}, 1),
 		report: make(chan struct{}, 1)}
 	a.hosts = &HostnameCache{Resolver: resolver, Refresh: cfg.ResolveEvery, Now: a.now}
@@ -170,17 +177,73 @@ func (a *Agent) pass(ctx context.Context) Status {
 	return st
 }
 
-// localAPITimeout bounds each call to tailscaled's LocalAPI on its own: a slow call (or a slow control server or
-// DNS answer in the same pass) must not run out the time of the calls after it.
+// localAPITimeout bounds each call to tailscaled's LocalAPI on its own (Config.LocalAPITimeout, this by default): a
+// slow call (or a slow control server or DNS answer in the same pass) must not run out the time of the calls after it.
 const localAPITimeout = 10 * time.Second
 
-func localCall(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, localAPITimeout)
+func (a *Agent) localCall(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, a.cfg.LocalAPITimeout)
 }
 
-// check fills st and returns why the relay is not ready, or "". One pass in four steps: observe tailscaled, work
-// out the endpoints, apply them, verify the relay server.
+// busyGrace: how long a relay whose tailscaled LocalAPI does not answer in time, with its port still bound, is taken
+// to relay. tailscaled holds its lock while it writes its state Secret, and an API server that drops packets holds
+// that write (seen on kind: 27 s after a preference change); a tailscaled stuck for longer is not taken to relay.
+const busyGrace = 2 * time.Minute
+
+// check fills st and returns why the relay is not ready, or "": one pass (steps), or, while tailscaled's LocalAPI
+// does not answer in time, what the last relaying pass found if the relay port is still bound (whileBusy).
 func (a *Agent) check(ctx context.Context, st *Status) string {
+	a.localTimedOut = false
+	reason := a.steps(ctx, st)
+	if reason == "" {
+		relaying := *st
+		a.lastRelaying, a.busySince = &relaying, time.Time{}
+		return ""
+	}
+	if a.localTimedOut && ctx.Err() == nil {
+		return a.whileBusy(st, reason)
+	}
+	a.busySince = time.Time{}
+	return reason
+}
+
+// whileBusy: tailscaled's LocalAPI did not answer in time. The relay server runs apart from tailscaled's lock, so
+// while its UDP port is still bound for every family the last relaying pass found, for at most busyGrace, the relay
+// is taken to relay, with a warning; otherwise REASON stands.
+func (a *Agent) whileBusy(st *Status, reason string) string {
+	last := a.lastRelaying
+	if last == nil {
+		return reason
+	}
+	if a.busySince.IsZero() {
+		a.busySince = a.now()
+	}
+	if busy := a.now().Sub(a.busySince); busy > busyGrace {
+		return fmt.Sprintf("%s (tailscaled has not answered in time for %s)", reason, busy.Round(time.Second))
+	}
+	for _, family := range last.BoundFamilies {
+		if bound, err := a.cfg.Sockets.Bound(family, a.cfg.Port); err != nil || !bound {
+			return reason
+		}
+	}
+	st.LoginError = ""
+	st.BackendState, st.TailscaleVersion = last.BackendState, last.TailscaleVersion
+	st.Endpoints, st.EndpointsFrom, st.BoundFamilies = last.Endpoints, last.EndpointsFrom, last.BoundFamilies
+	st.Warnings = append(st.Warnings, fmt.Sprintf("tailscaled's LocalAPI does not answer in time (%s; busy writing "+
+		"its state to an API server that does not answer?): the relay port is still bound, so the relay is taken to "+
+		"relay with the settings it had at %s", reason, a.busySince.UTC().Format(time.RFC3339)))
+	return ""
+}
+
+// noteLocal records a LocalAPI call that ran out of time (whileBusy).
+func (a *Agent) noteLocal(err error) {
+	if errors.Is(err, context.DeadlineExceeded) {
+		a.localTimedOut = true
+	}
+}
+
+// steps: observe tailscaled, work out the endpoints, apply them, verify the relay server.
+func (a *Agent) steps(ctx context.Context, st *Status) string {
 	self, reason := a.observe(ctx, st)
 	if reason != "" {
 		return reason
@@ -198,10 +261,11 @@ func (a *Agent) check(ctx context.Context, st *Status) string {
 // observe reads tailscaled's state and health, repairs a relay the control server no longer serves (checkControl),
 // and says why the relay is not logged in, if it is not. It returns the relay's own node as tailscaled reports it.
 func (a *Agent) observe(ctx context.Context, st *Status) (*ipnstate.PeerStatus, string) {
-	callCtx, cancel := localCall(ctx)
+	callCtx, cancel := a.localCall(ctx)
 	status, err := a.ts.StatusWithoutPeers(callCtx)
 	cancel()
 	if err != nil {
+		a.noteLocal(err)
 		a.zombieSince = time.Time{} // tailscaled not answering says nothing about the control server
 		if a.loginError != "" {
 			st.LoginError = a.loginError
@@ -261,17 +325,18 @@ func (a *Agent) workOutEndpoints(ctx context.Context, st *Status) ([]netip.AddrP
 
 // apply puts the relay port and the endpoints into tailscaled's preferences unless they are in effect already.
 func (a *Agent) apply(ctx context.Context, st *Status, desired []netip.AddrPort) string {
-	callCtx, cancel := localCall(ctx)
+	callCtx, cancel := a.localCall(ctx)
 	defer cancel()
 	prefs, err := a.ts.GetPrefs(callCtx)
 	if err != nil {
+		a.noteLocal(err)
 		return fmt.Sprintf("cannot read the relay's preferences: %v", err)
 	}
 	if !a.inEffect(prefs, desired) {
 		had := describeSettings(prefs)
 		a.logf("setting relay port %d and endpoints %s (the relay had %s)", a.cfg.Port, JoinEndpoints(desired), had)
 		port := a.cfg.Port
-		editCtx, cancel := localCall(ctx)
+		editCtx, cancel := a.localCall(ctx)
 		defer cancel()
 		prefs, err = a.ts.EditPrefs(editCtx, &ipn.MaskedPrefs{
 			Prefs:                         ipn.Prefs{RelayServerPort: &port, RelayServerStaticEndpoints: desired},
@@ -279,6 +344,7 @@ func (a *Agent) apply(ctx context.Context, st *Status, desired []netip.AddrPort)
 			RelayServerStaticEndpointsSet: true,
 		})
 		if err != nil || !a.inEffect(prefs, desired) {
+			a.noteLocal(err)
 			reason := fmt.Sprintf("tailscaled refused the relay settings (port %d, endpoints %s): %v", a.cfg.Port, JoinEndpoints(desired), err)
 			if err == nil {
 				reason = fmt.Sprintf("tailscaled did not keep the relay settings (port %d, endpoints %s): it has %s", a.cfg.Port,
@@ -296,10 +362,11 @@ func (a *Agent) apply(ctx context.Context, st *Status, desired []netip.AddrPort)
 
 // verify: the relay server runs on the port, and holds it for every family it advertises.
 func (a *Agent) verify(ctx context.Context, st *Status, self *ipnstate.PeerStatus, desired []netip.AddrPort) string {
-	callCtx, cancel := localCall(ctx)
+	callCtx, cancel := a.localCall(ctx)
 	defer cancel()
 	server, err := a.ts.DebugPeerRelaySessions(callCtx)
 	if err != nil {
+		a.noteLocal(err)
 		return fmt.Sprintf("cannot read the relay server's state: %v", err)
 	}
 	if server.UDPPort == nil && self != nil && self.CapMap.Contains(nodecap.DisableRelayServer) {

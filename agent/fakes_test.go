@@ -50,6 +50,7 @@ type fakeTailscaled struct {
 	down       bool // the LocalAPI answers nothing (tailscaled restarting)
 	watchers   []chan ipn.Notify
 	refuseEdit string
+	busy       chan struct{} // non-nil: calls wait until it is closed (setBusy)
 	// relayDisabled: the tailnet's nodeAttrs give this node "disable-relay-server" (nodecap.DisableRelayServer)
 	relayDisabled bool
 }
@@ -71,8 +72,31 @@ func newFakeTailscaled(t *testing.T) *fakeTailscaled {
 	return f
 }
 
+// setBusy: every LocalAPI call waits (until setBusy(false) or the caller gives up), as while tailscaled holds its
+// lock to write its state Secret through an API server that does not answer (ipn/store/kubestore: WriteState under
+// LocalBackend's mutex).
+func (f *fakeTailscaled) setBusy(busy bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if busy && f.busy == nil {
+		f.busy = make(chan struct{})
+	} else if !busy && f.busy != nil {
+		close(f.busy)
+		f.busy = nil
+	}
+}
+
 func (f *fakeTailscaled) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
+	if busy := f.busy; busy != nil && !strings.HasSuffix(r.URL.Path, "watch-ipn-bus") {
+		f.mu.Unlock()
+		select {
+		case <-busy:
+		case <-r.Context().Done():
+			return
+		}
+		f.mu.Lock()
+	}
 	if f.down {
 		f.mu.Unlock()
 		hj, _ := w.(http.Hijacker)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -289,4 +290,36 @@ func TestACrashLoopingTailscaledLongerThanTheReloginWindowIsNotLoggedOut(t *test
 	}
 	h.ts.setState(ipn.Running, "")
 	h.waitRelaying("relaying once tailscaled runs again", 40000, "192.0.2.10:40000")
+}
+
+// tailscaled's LocalAPI stuck behind a state write (an API server that drops packets holds tailscaled's lock) while
+// the relay server keeps its port: the relay stays Ready, with a warning, for up to busyGrace; a relay whose port
+// is gone meanwhile is not Ready.
+func TestARelayWhoseTailscaledIsBusyButWhosePortIsBoundStaysReady(t *testing.T) {
+	h := startAgent(t, func(c *Config) { c.LocalAPITimeout = 100 * time.Millisecond }, func(h *harness) {
+		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
+	})
+	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h.ts.setBusy(true)
+	t.Cleanup(func() { h.ts.setBusy(false) })
+	waitFor(t, "a warning that tailscaled does not answer in time", func() (bool, string) {
+		st := h.agent.Current()
+		return len(st.Warnings) > 0 && strings.Contains(st.Warnings[0], "does not answer in time"), fmt.Sprintf("%+v", st)
+	})
+	for range 20 {
+		if st := h.agent.Current(); !st.Ready {
+			t.Fatalf("a busy tailscaled whose relay port is still bound made the relay unready: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// the relay server's socket gone (tailscaled died in its lock, say): not Ready
+	for _, table := range []string{h.agent.cfg.Sockets.IPv4Table, h.agent.cfg.Sockets.IPv6Table} {
+		if err := os.WriteFile(table, []byte(udpHeader), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "not ready once the port is no longer bound", func() (bool, string) {
+		st := h.agent.Current()
+		return !st.Ready && strings.Contains(st.Reason, "deadline exceeded"), fmt.Sprintf("%+v", st)
+	})
 }
