@@ -93,9 +93,11 @@ type Agent struct {
 	lastGood      []netip.AddrPort // endpoints of the last pass that had them
 	zombieSince   time.Time        // since when the map poll is down while control and tailscaled answer (checkControl)
 	controlTrust  string           // why the control server's certificate is not trusted, or ""
-	localTimedOut bool             // a LocalAPI call of this pass ran out of time
-	lastRelaying  *Status          // the last pass that found the relay relaying
-	busySince     time.Time        // since when tailscaled's LocalAPI has not answered in time (whileBusy)
+	polls         float64          // controlclient_map_requests_poll at the last pass (mapPollActive)
+	pollsSeen     bool
+	localTimedOut bool      // a LocalAPI call of this pass ran out of time
+	lastRelaying  *Status   // the last pass that found the relay relaying
+	busySince     time.Time // since when tailscaled's LocalAPI has not answered in time (whileBusy)
 
 	// The reporter's own.
 	written string // status.json as the ConfigMap last had it (read back or written)
@@ -624,6 +626,12 @@ func (a *Agent) checkControl(ctx context.Context) string {
 	return reason
 }
 
+// mapPollActive: tailscaled's streaming map request is open and is the one of the last pass. The gauge
+// controlclient_map_requests_active counts a request from before it is sent until it ends (control/controlclient/
+// direct.go L1034-1036), so a retry that control refuses at once is "active" for the moment it is in flight, and a
+// pass that samples it then (passes follow tailscaled's notifications, which retries trigger) would take a refused
+// node for a live one; so the poll also counts as up only while controlclient_map_requests_poll, one per streaming
+// request, has not grown since the last pass: an open stream does not grow it, a retry loop does.
 func (a *Agent) mapPollActive(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -631,15 +639,26 @@ func (a *Agent) mapPollActive(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	values := map[string]float64{}
 	scanner := bufio.NewScanner(bytes.NewReader(metrics))
 	for scanner.Scan() {
 		name, value, ok := strings.Cut(scanner.Text(), " ")
-		if ok && name == "controlclient_map_requests_active" {
+		if ok && (name == "controlclient_map_requests_active" || name == "controlclient_map_requests_poll") {
 			n, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
-			return n > 0, err
+			if err != nil {
+				return false, fmt.Errorf("%s: %w", name, err)
+			}
+			values[name] = n
 		}
 	}
-	return false, errors.New("tailscaled reports no controlclient_map_requests_active")
+	active, ok := values["controlclient_map_requests_active"]
+	if !ok {
+		return false, errors.New("tailscaled reports no controlclient_map_requests_active")
+	}
+	polls, counted := values["controlclient_map_requests_poll"]
+	same := !counted || !a.pollsSeen || polls == a.polls
+	a.polls, a.pollsSeen = polls, counted
+	return active > 0 && same, nil
 }
 
 // controlAnswers: the control server answers its unauthenticated /key endpoint (Tailscale's and Headscale's).

@@ -51,6 +51,10 @@ type fakeTailscaled struct {
 	watchers   []chan ipn.Notify
 	refuseEdit string
 	busy       chan struct{} // non-nil: calls wait until it is closed (setBusy)
+	// pollRequests: controlclient_map_requests_poll, one per streaming map request (control/controlclient/direct.go
+	// L1034-1039); it grows while tailscaled retries
+	pollRequests int
+	retrying     bool // every metrics read sees a new map request in flight: a retry loop control refuses
 	// relayDisabled: the tailnet's nodeAttrs give this node "disable-relay-server" (nodecap.DisableRelayServer)
 	relayDisabled bool
 }
@@ -156,8 +160,16 @@ func (f *fakeTailscaled) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if f.inMapPoll {
 			active = 1
 		}
+		if !f.inMapPoll || f.retrying {
+			f.pollRequests++ // tailscaled retries its map request while it is out of the poll
+		}
+		if f.retrying {
+			active = 1 // each retry is sampled while in flight
+		}
+		polls := f.pollRequests
 		f.mu.Unlock()
-		fmt.Fprintf(w, "# TYPE controlclient_map_requests_active gauge\ncontrolclient_map_requests_active %d\n", active)
+		fmt.Fprintf(w, "# TYPE controlclient_map_requests_active gauge\ncontrolclient_map_requests_active %d\n"+
+			"# TYPE controlclient_map_requests_poll counter\ncontrolclient_map_requests_poll %d\n", active, polls)
 	case path == "logout" && r.Method == http.MethodPost:
 		f.logouts++
 		f.state = ipn.NeedsLogin

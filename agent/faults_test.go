@@ -323,3 +323,23 @@ func TestARelayWhoseTailscaledIsBusyButWhosePortIsBoundStaysReady(t *testing.T) 
 		return !st.Ready && strings.Contains(st.Reason, "deadline exceeded"), fmt.Sprintf("%+v", st)
 	})
 }
+
+// A node control refuses, whose tailscaled retries its map request often: the agent's passes (which tailscaled's
+// notifications trigger) may each sample a retry in flight, which the active-requests gauge counts. The streaming
+// request counter growing between passes tells it from an open stream (seen on kind: the gauge alone kept a deleted
+// node from being logged out for over two minutes).
+func TestARetryLoopSampledInFlightIsNotALiveMapPoll(t *testing.T) {
+	control := fakeControl(t, nil)
+	h := startAgent(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 200 * time.Millisecond }, func(h *harness) {
+		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
+	})
+	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h.ts.mu.Lock()
+	h.ts.retrying = true
+	h.ts.mu.Unlock()
+	waitFor(t, "a logout of the node whose map requests control refuses", func() (bool, string) {
+		h.ts.mu.Lock()
+		defer h.ts.mu.Unlock()
+		return h.ts.logouts == 1, fmt.Sprintf("%d logouts; agent %+v", h.ts.logouts, h.agent.Current())
+	})
+}

@@ -90,9 +90,10 @@ def test_a_relay_whose_node_is_deleted_while_it_runs_logs_in_again_by_itself(rel
     # Headscale keeps the deleted node's open map stream (it sends keep-alives): the relay learns of the deletion
     # when that stream ends. A network change ends it: its connections to the control server are cut.
     release.cut_connections(pod, "tailscale", urlparse(os.environ["LOGIN_SERVER"]).hostname)
-    # refused map polls for RELOGIN_AFTER, then the agent logs the relay out; containerboot exits, and the
-    # restarted container logs in with the auth key
-    wait_registered_again(release, node_key, old_id, timeout=RELOGIN_AFTER + WITHIN)
+    # refused map polls for RELOGIN_AFTER and at least tailscaled's longest retry pause (45 s), seen by passes 30 s
+    # apart (agent.resyncSeconds), then the agent logs the relay out; containerboot exits, and the restarted
+    # container logs in with the auth key
+    wait_registered_again(release, node_key, old_id, timeout=max(RELOGIN_AFTER, 45) + 30 + WITHIN)
     eventually_advertises(release, 0)
     release.wait_pod_ready(pod)
     reasons = [r for r, _ in release.agent_events(pod)]
