@@ -10,7 +10,7 @@ import yaml
 
 from support.helm import run_helm
 from support.repo import CHART, HELM
-from support.values import with_credential
+from support.values import installable
 
 RELEASE = "relay"
 NAMESPACE = "tailnet"
@@ -26,7 +26,7 @@ def helm_text(values: dict | None = None, *, helm: str = HELM, args: tuple = (),
     """Runs `helm template` (with the example auth key unless VALUES name their own credential) and returns its output;
     raises RenderError with helm's message."""
     result = run_helm("template", release, str(CHART), "--namespace", NAMESPACE, *args,
-                      values=with_credential(values), helm=helm)
+                      values=installable(values), helm=helm)
     if result.returncode != 0:
         raise RenderError(result.stderr.strip())
     return result.stdout
@@ -40,7 +40,7 @@ def render(values: dict | None = None, **kwargs) -> list[dict]:
 def notes(values: dict | None = None) -> str:
     """The NOTES.txt a user sees after `helm install`."""
     result = run_helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", "--output", "json",
-                      values=with_credential(values))
+                      values=installable(values))
     if result.returncode != 0:
         raise RenderError(result.stderr.strip())
     return json.loads(result.stdout)["info"]["notes"]

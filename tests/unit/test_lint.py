@@ -6,7 +6,7 @@ import pytest
 
 from support.render import helm_text
 from support.repo import CHART, HELM, HELM3, REPO
-from support.values import ci_values
+from support.values import AGENT_IMAGE, ci_values
 
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 YAML_FILES = [CHART / "Chart.yaml", CHART / "values.yaml", *CI_VALUES, REPO / "ct.yaml", REPO / ".yamllint",
@@ -29,7 +29,8 @@ def run(*command, **kwargs):
 @pytest.mark.parametrize("helm", [HELM, HELM3], ids=["helm4", "helm3"])
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=[p.name for p in CI_VALUES])
 def test_helm_lint_strict(helm, values_file):
-    result = run(helm, "lint", "--strict", str(CHART), "--values", str(values_file))
+    result = run(helm, "lint", "--strict", str(CHART), "--values", str(values_file),
+                 "--set", f"agent.image.repository={AGENT_IMAGE['agent']['image']['repository']}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 chart(s) failed" in result.stdout
 

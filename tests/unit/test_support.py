@@ -17,7 +17,7 @@ from support import tailnet
 from support.namespaces import (HOST_LABEL, SESSION_LABEL, cordon_left_reason, leftover_reason, process_start,
                                 session_labels)
 from support.repo import CHART
-from support.values import VARIANTS, ci_value_names, ci_values, deep_merge, endpoint, with_credential
+from support.values import AGENT_IMAGE, VARIANTS, ci_value_names, ci_values, deep_merge, endpoint, installable
 from support.wait import wait_for
 
 
@@ -73,7 +73,7 @@ def test_on_the_cluster_a_variant_loses_its_example_key_for_the_clusters():
 def test_helms_merge_deletes_what_the_overlay_sets_to_none(tmp_path):
     # ct install puts the cluster's values over each variant as a second values file: its None must delete there too
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump(deep_merge(ELSEWHERE, {"auth": {"authKey": "tskey-auth-x"}})))
+    overlay.write_text(yaml.safe_dump(deep_merge(ELSEWHERE, {"auth": {"authKey": "tskey-auth-x"}, **AGENT_IMAGE})))
     result = run_helm("template", "relay", str(CHART), "--values", str(VARIANTS / "seed-values.yaml"),
                       "--values", str(overlay))
     assert result.returncode == 0, result.stderr
@@ -89,9 +89,14 @@ def test_helms_merge_deletes_what_the_overlay_sets_to_none(tmp_path):
 
 
 def test_the_example_key_goes_under_values_without_a_credential_of_their_own():
-    assert with_credential({})["auth"]["authKey"].startswith("tskey-auth-")
-    assert with_credential({"auth": {"existingSecret": "s"}}) == {"auth": {"existingSecret": "s"}}
-    assert "authKey" not in with_credential({"auth": {"oauth": {"clientId": "i", "clientSecret": "s"}}})["auth"]
+    assert installable({})["auth"]["authKey"].startswith("tskey-auth-")
+    assert installable({"auth": {"existingSecret": "s"}})["auth"] == {"existingSecret": "s"}
+    assert "authKey" not in installable({"auth": {"oauth": {"clientId": "i", "clientSecret": "s"}}})["auth"]
+
+
+def test_an_agent_image_goes_under_values_that_name_none():
+    assert installable({})["agent"]["image"]["repository"] == AGENT_IMAGE["agent"]["image"]["repository"]
+    assert installable({"agent": {"image": {"repository": "mine/agent"}}})["agent"]["image"]["repository"] == "mine/agent"
 
 
 @pytest.mark.parametrize("address, spelled", [("192.0.2.1", "192.0.2.1:61441"), ("fd00::1", "[fd00::1]:61441")])

@@ -1,11 +1,17 @@
 """Cross-field rules: bad combinations fail before anything is installed, naming the value to fix."""
 import pytest
+import yaml
 
 from support.render import RenderError, render
+from support.repo import CHART
 
 TAGGED = {"tailscale": {"tags": ["tag:relay"]}}
 
 CASES = {
+    "no agent image (a source checkout)": (
+        {"agent": {"image": {"repository": ""}}},
+        "agent.image.repository: this chart is a source checkout, which names no agent image",
+    ),
     "no credentials": (
         {"auth": {"authKey": ""}},
         "auth: set one of auth.authKey, auth.existingSecret or auth.oauth",
@@ -156,3 +162,13 @@ def test_service_monitor_renders_when_the_cluster_has_the_crd():
 )
 def test_good_combinations_render(values):
     assert render(values)
+
+
+def test_an_install_from_a_checkout_without_an_agent_image_says_how_to_build_push_and_name_one():
+    # what `helm install relay ./chart` with a user's ordinary values meets: at render, not after Helm's timeout
+    with pytest.raises(RenderError) as refused:
+        render({"agent": {"image": {"repository": ""}}})
+    message, version = str(refused.value), yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    for step in ("scripts/agent-image --out relay-agent-oci", f"oras cp --from-oci-layout relay-agent-oci:{version}",
+                 "--set agent.image.repository=REGISTRY/relay-agent", "Install a released chart"):
+        assert step in message, f"the refusal should say {step!r}: {message}"
