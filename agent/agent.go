@@ -23,6 +23,7 @@ import (
 	"tailscale.com/health"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/tailcfg"
 	"tailscale.com/tailcfg/nodecap"
 	"tailscale.com/tsconst"
 )
@@ -89,15 +90,14 @@ type Agent struct {
 	status      Status // the last pass's, as /status and the status ConfigMap show it
 
 	// The loop's own.
-	loginError    string           // tailscaled's last login error (its login-state health), kept through its restarts
-	lastGood      []netip.AddrPort // endpoints of the last pass that had them
-	zombieSince   time.Time        // since when the map poll is down while control and tailscaled answer (checkControl)
-	controlTrust  string           // why the control server's certificate is not trusted, or ""
-	polls         float64          // controlclient_map_requests_poll at the last pass (mapPollActive)
-	pollsSeen     bool
-	localTimedOut bool      // a LocalAPI call of this pass ran out of time
-	lastRelaying  *Status   // the last pass that found the relay relaying
-	busySince     time.Time // since when tailscaled's LocalAPI has not answered in time (whileBusy)
+	loginError    string             // tailscaled's last login error (its login-state health), kept through its restarts
+	lastGood      []netip.AddrPort   // endpoints of the last pass that had them
+	zombieSince   time.Time          // since when the map poll is down while control and tailscaled answer (checkControl)
+	controlTrust  string             // why the control server's certificate is not trusted, or ""
+	mapMetrics    map[string]float64 // tailscaled's map request metrics at the last pass (mapPollActive)
+	localTimedOut bool               // a LocalAPI call of this pass ran out of time
+	lastRelaying  *Status            // the last pass that found the relay relaying
+	busySince     time.Time          // since when tailscaled's LocalAPI has not answered in time (whileBusy)
 
 	// The reporter's own.
 	written string // status.json as the ConfigMap last had it (read back or written)
@@ -268,7 +268,7 @@ func (a *Agent) observe(ctx context.Context, st *Status) (*ipnstate.PeerStatus, 
 	cancel()
 	if err != nil {
 		a.noteLocal(err)
-		a.zombieSince = time.Time{} // tailscaled not answering says nothing about the control server
+		a.resetZombie("tailscaled's LocalAPI does not answer") // that says nothing about the control server
 		if a.loginError != "" {
 			st.LoginError = a.loginError
 			return nil, fmt.Sprintf("tailscaled is not answering (restarting?); its last login error: %s", a.loginError)
@@ -292,7 +292,7 @@ func (a *Agent) observe(ctx context.Context, st *Status) (*ipnstate.PeerStatus, 
 			return nil, reason
 		}
 	} else {
-		a.zombieSince = time.Time{}
+		a.resetZombie("tailscaled is " + status.BackendState)
 	}
 	if status.BackendState != ipn.Running.String() {
 		if a.loginError != "" {
@@ -597,16 +597,22 @@ func (a *Agent) checkControl(ctx context.Context) string {
 		return ""
 	}
 	active, err := a.mapPollActive(ctx)
-	if err != nil || active {
-		a.zombieSince = time.Time{}
+	if err != nil {
+		a.resetZombie(fmt.Sprintf("cannot read tailscaled's map poll metrics: %v", err))
+		return ""
+	}
+	if active {
+		a.resetZombie("the map poll is up again")
 		return ""
 	}
 	if err := a.controlAnswers(ctx); err != nil {
-		a.zombieSince = time.Time{} // an outage of the control server: nothing to repair here
+		a.resetZombie(fmt.Sprintf("the control server does not answer (%v)", err)) // an outage: nothing to repair
 		return ""
 	}
 	if a.zombieSince.IsZero() {
 		a.zombieSince = a.now()
+		a.logf("the map poll is down while the control server %s answers: the relay is logged out to log in again "+
+			"if that lasts %s", a.cfg.LoginServer, max(a.cfg.ReloginAfter, a.cfg.PollBackoff))
 	}
 	out := a.now().Sub(a.zombieSince)
 	if out < a.cfg.ReloginAfter || out < a.cfg.PollBackoff {
@@ -626,12 +632,24 @@ func (a *Agent) checkControl(ctx context.Context) string {
 	return reason
 }
 
-// mapPollActive: tailscaled's streaming map request is open and is the one of the last pass. The gauge
-// controlclient_map_requests_active counts a request from before it is sent until it ends (control/controlclient/
-// direct.go L1034-1036), so a retry that control refuses at once is "active" for the moment it is in flight, and a
-// pass that samples it then (passes follow tailscaled's notifications, which retries trigger) would take a refused
-// node for a live one; so the poll also counts as up only while controlclient_map_requests_poll, one per streaming
-// request, has not grown since the last pass: an open stream does not grow it, a retry loop does.
+// resetZombie starts checkControl's clock again, saying why in the log if it ran.
+func (a *Agent) resetZombie(why string) {
+	if !a.zombieSince.IsZero() {
+		a.logf("the map poll has been down for %s; the clock starts again: %s",
+			a.now().Sub(a.zombieSince).Round(time.Second), why)
+	}
+	a.zombieSince = time.Time{}
+}
+
+// mapPollActive: tailscaled's streaming map request is open and it is the one of the last pass, or a new one that
+// control answered. The gauge controlclient_map_requests_active counts a request from before it is sent until it
+// ends (control/controlclient/direct.go L1034-1036), so a retry that control refuses at once is "active" for the
+// moment it is in flight, and a pass that samples it then (passes follow tailscaled's notifications, which retries
+// trigger) would take a refused node for a live one. So with the gauge up the poll also counts as up only while
+// controlclient_map_requests_poll (one per streaming request, L1037-1038) has not grown since the last pass, or
+// controlclient_map_response_message (one per message control sent, keep-alives included, L1293) has: an open
+// stream does not grow the first, a stream that a proxy cuts and tailscaled opens again grows both, a refused retry
+// loop only the first.
 func (a *Agent) mapPollActive(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -643,7 +661,7 @@ func (a *Agent) mapPollActive(ctx context.Context) (bool, error) {
 	scanner := bufio.NewScanner(bytes.NewReader(metrics))
 	for scanner.Scan() {
 		name, value, ok := strings.Cut(scanner.Text(), " ")
-		if ok && (name == "controlclient_map_requests_active" || name == "controlclient_map_requests_poll") {
+		if ok && (name == metricMapActive || name == metricMapPolls || name == metricMapMessages) {
 			n, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
 			if err != nil {
 				return false, fmt.Errorf("%s: %w", name, err)
@@ -651,21 +669,37 @@ func (a *Agent) mapPollActive(ctx context.Context) (bool, error) {
 			values[name] = n
 		}
 	}
-	active, ok := values["controlclient_map_requests_active"]
+	active, ok := values[metricMapActive]
 	if !ok {
-		return false, errors.New("tailscaled reports no controlclient_map_requests_active")
+		return false, fmt.Errorf("tailscaled reports no %s", metricMapActive)
 	}
-	polls, counted := values["controlclient_map_requests_poll"]
-	same := !counted || !a.pollsSeen || polls == a.polls
-	a.polls, a.pollsSeen = polls, counted
-	return active > 0 && same, nil
+	last := a.mapMetrics
+	a.mapMetrics = values
+	if last == nil {
+		return active > 0, nil
+	}
+	grew := func(name string) bool {
+		now, counted := values[name]
+		before, seen := last[name]
+		return counted && seen && now > before
+	}
+	return active > 0 && (!grew(metricMapPolls) || grew(metricMapMessages)), nil
 }
 
-// controlAnswers: the control server answers its unauthenticated /key endpoint (Tailscale's and Headscale's).
+// tailscaled's clientmetrics of its map requests (control/controlclient/direct.go L1994-2000, tailscale.com v1.104.7)
+const (
+	metricMapActive   = "controlclient_map_requests_active"
+	metricMapPolls    = "controlclient_map_requests_poll"
+	metricMapMessages = "controlclient_map_response_message"
+)
+
+// controlAnswers: the control server answers its unauthenticated /key endpoint (Tailscale's and Headscale's), asked
+// as tailscaled asks it (control/controlclient/direct.go, loadServerPubKeys: ?v=<its capability version>).
 func (a *Agent) controlAnswers(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(a.cfg.LoginServer, "/")+"/key?v=1", nil)
+	keyURL := fmt.Sprintf("%s/key?v=%d", strings.TrimSuffix(a.cfg.LoginServer, "/"), tailcfg.CurrentCapabilityVersion)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, keyURL, nil)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,6 +56,11 @@ type fakeTailscaled struct {
 	// L1034-1039); it grows while tailscaled retries
 	pollRequests int
 	retrying     bool // every metrics read sees a new map request in flight: a retry loop control refuses
+	// reconnecting: every metrics read sees a new streaming map request that control answered (a proxy in front of
+	// control cuts long polls): controlclient_map_response_message (mapMessages, direct.go L1293) grows too
+	reconnecting bool
+	mapMessages  int
+	metricsReads int
 	// relayDisabled: the tailnet's nodeAttrs give this node "disable-relay-server" (nodecap.DisableRelayServer)
 	relayDisabled bool
 }
@@ -166,10 +172,17 @@ func (f *fakeTailscaled) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if f.retrying {
 			active = 1 // each retry is sampled while in flight
 		}
-		polls := f.pollRequests
+		if f.reconnecting {
+			f.pollRequests++
+			f.mapMessages++ // the new stream's first message: the full network map
+		}
+		f.metricsReads++
+		polls, messages := f.pollRequests, f.mapMessages
 		f.mu.Unlock()
 		fmt.Fprintf(w, "# TYPE controlclient_map_requests_active gauge\ncontrolclient_map_requests_active %d\n"+
-			"# TYPE controlclient_map_requests_poll counter\ncontrolclient_map_requests_poll %d\n", active, polls)
+			"# TYPE controlclient_map_requests_poll counter\ncontrolclient_map_requests_poll %d\n"+
+			"# TYPE controlclient_map_response_message counter\ncontrolclient_map_response_message %d\n",
+			active, polls, messages)
 	case path == "logout" && r.Method == http.MethodPost:
 		f.logouts++
 		f.state = ipn.NeedsLogin
@@ -502,13 +515,22 @@ func service(name string, policy string, ingress ...map[string]any) map[string]a
 	}
 }
 
+// headscaleMinCapabilityVersion: the oldest client Headscale v0.29.3 serves (fakeControl).
+const headscaleMinCapabilityVersion = 113
+
 // fakeControl serves a control server's unauthenticated /key (Tailscale's and Headscale's answer 200 with the
 // server's public keys) and returns its URL; while up is false it answers 502, as a control server whose proxy is
-// up and whose backend is down. up nil: always up.
+// up and whose backend is down. up nil: always up. As Headscale v0.29.3 does (hscontrol/handlers.go L188-204), it
+// refuses a request without the client's capability version, or with one below the oldest it supports
+// (capver.MinSupportedCapabilityVersion, 113: hscontrol/capver/capver_generated.go L89), with 400.
 func fakeControl(t *testing.T, up *atomic.Bool) string {
 	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if up != nil && !up.Load() {
 			http.Error(w, "bad gateway", http.StatusBadGateway)
+			return
+		}
+		if v, err := strconv.Atoi(r.URL.Query().Get("v")); err != nil || v < headscaleMinCapabilityVersion {
+			http.Error(w, "unsupported client version", http.StatusBadRequest)
 			return
 		}
 		fmt.Fprint(w, `{"publicKey":"mkey:00"}`)

@@ -343,3 +343,28 @@ func TestARetryLoopSampledInFlightIsNotALiveMapPoll(t *testing.T) {
 		return h.ts.logouts == 1, fmt.Sprintf("%d logouts; agent %+v", h.ts.logouts, h.agent.Current())
 	})
 }
+
+// A proxy in front of the control server that cuts long polls (an idle timeout shorter than control's keep-alives)
+// makes tailscaled open a new streaming map request between two passes, each answered: that node is served, and
+// must not be logged out.
+func TestAStreamAProxyCutsBetweenPassesIsALiveMapPoll(t *testing.T) {
+	control := fakeControl(t, nil)
+	h := startAgent(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 100 * time.Millisecond }, func(h *harness) {
+		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
+	})
+	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h.ts.mu.Lock()
+	h.ts.reconnecting = true
+	reads := h.ts.metricsReads
+	h.ts.mu.Unlock()
+	// passes every 50 ms (Resync): 20 of them span the agent's window (100 ms) many times over
+	waitFor(t, "20 passes with the map poll reconnecting between them, and no logout", func() (bool, string) {
+		h.ts.mu.Lock()
+		defer h.ts.mu.Unlock()
+		if h.ts.logouts != 0 {
+			t.Fatalf("a node whose map poll control answers was logged out (%d logouts) after %d passes",
+				h.ts.logouts, h.ts.metricsReads-reads)
+		}
+		return h.ts.metricsReads >= reads+20, fmt.Sprintf("%d passes", h.ts.metricsReads-reads)
+	})
+}
