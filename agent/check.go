@@ -8,6 +8,7 @@ import (
 	"log"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 )
@@ -23,7 +24,17 @@ type CheckConfig struct {
 	Static      []netip.AddrPort
 	Timeout     time.Duration
 	Interval    time.Duration
+	PullGrace   time.Duration // a relay pod whose image pull fails this long fails the check at once (pullGrace)
 }
+
+// pullGrace: how long a relay pod's image pull may fail before the check gives up on it, well before Helm's timeout.
+// The kubelet retries a failed pull after 10, 20 and 40 s (its image back-off), so 45 s is three tries: enough for a
+// registry's hiccup, and a wrong image name or a missing pull Secret is named within a minute.
+const pullGrace = 45 * time.Second
+
+// pullFailures: the waiting reasons of a container whose image the kubelet cannot pull (kubelet/images/types.go).
+var pullFailures = map[string]bool{"ErrImagePull": true, "ImagePullBackOff": true, "InvalidImageName": true,
+	"ErrImageNeverPull": true}
 
 // Check waits until every replica of the current StatefulSet revision reports, through its agent's status, that it
 // relays with the release's port and endpoints; or fails naming what it waited for and what it saw last.
@@ -33,10 +44,14 @@ type Check struct {
 	hosts    *HostnameCache
 	logf     func(string, ...any)
 	deadline time.Time
+	pulling  map[string]time.Time // container (pod/name) → when its image pull was first seen failing
 }
 
 func NewCheck(cfg CheckConfig, kube *Kube, resolver Resolver) *Check {
-	return &Check{cfg: cfg, kube: kube, logf: log.Printf,
+	if cfg.PullGrace == 0 {
+		cfg.PullGrace = pullGrace
+	}
+	return &Check{cfg: cfg, kube: kube, logf: log.Printf, pulling: map[string]time.Time{},
 		hosts: &HostnameCache{Resolver: resolver, Refresh: 0, Now: time.Now}}
 }
 
@@ -114,6 +129,7 @@ func (c *Check) replica(ctx context.Context, name, statusMap, revision string) e
 		}
 		return "the relay says: " + status.Reason
 	}
+	var cannotPull error
 	err := c.waitFor(ctx, fmt.Sprintf("relay pod %s to be Ready and logged in to the tailnet (kubectl describe pod %s)", name, name), func() (bool, string) {
 		var pod Pod
 		if err := c.kube.Get(ctx, podPath(c.cfg.Namespace, name), &pod); err != nil {
@@ -123,6 +139,9 @@ func (c *Check) replica(ctx context.Context, name, statusMap, revision string) e
 			return false, fmt.Sprintf("pod %s runs revision %s (terminating: %t)", name,
 				pod.Metadata.Labels["controller-revision-hash"], pod.Metadata.DeletionTimestamp != nil)
 		}
+		if cannotPull = c.imagePull(&pod); cannotPull != nil {
+			return true, ""
+		}
 		uid = pod.Metadata.UID
 		podState := containerStates(&pod)
 		if problem := readStatus(); problem != "" {
@@ -130,6 +149,9 @@ func (c *Check) replica(ctx context.Context, name, statusMap, revision string) e
 		}
 		return status.BackendState == "Running", saw(podState)
 	})
+	if err == nil {
+		err = cannotPull
+	}
 	if err != nil {
 		return err
 	}
@@ -187,6 +209,29 @@ func (c *Check) replica(ctx context.Context, name, statusMap, revision string) e
 	}
 	c.logf("%s: %s: relaying on port %d with endpoints %s (UDP port bound for %s)", c.cfg.Mode, name, status.Port,
 		strings.Join(status.Endpoints, ","), strings.Join(status.BoundFamilies, " and "))
+	return nil
+}
+
+// imagePull: an error naming the image of POD that the kubelet has failed to pull for PullGrace, or nil.
+func (c *Check) imagePull(pod *Pod) error {
+	for _, s := range slices.Concat(pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses) {
+		key := pod.Metadata.Name + "/" + s.Name
+		if s.State.Waiting == nil || !pullFailures[s.State.Waiting.Reason] {
+			delete(c.pulling, key)
+			continue
+		}
+		since, seen := c.pulling[key]
+		if !seen {
+			c.pulling[key] = time.Now()
+			continue
+		}
+		if failing := time.Since(since); failing >= c.cfg.PullGrace {
+			return fmt.Errorf("relay pod %s cannot start: the kubelet has not pulled image %s of its container %s for "+
+				"%s (%s: %s). Check the image's name and tag (image.* for tailscale, agent.image.* for agent), that "+
+				"the registry serves it for this node's platform, and imagePullSecrets", pod.Metadata.Name, s.Image,
+				s.Name, failing.Round(time.Second), s.State.Waiting.Reason, s.State.Waiting.Message)
+		}
+	}
 	return nil
 }
 

@@ -141,3 +141,41 @@ func TestTheAgentProcessExitsAtOnceOnSIGTERM(t *testing.T) {
 		t.Fatalf("the agent was still running 3 s after SIGTERM:\n%s", out.String())
 	}
 }
+
+func pullingPod(api *fakeAPIServer, reason string) {
+	api.put("/api/v1/namespaces/relays/pods/relay-0", map[string]any{
+		"metadata": map[string]any{"name": "relay-0", "uid": "uid-0", "labels": map[string]any{"controller-revision-hash": "relay-abc"}},
+		"status": map[string]any{"containerStatuses": []any{
+			map[string]any{"name": "tailscale", "image": "ghcr.io/tailscale/tailscale:v1.104.7", "ready": false,
+				"state": map[string]any{"waiting": map[string]any{"reason": "ContainerCreating"}}},
+			map[string]any{"name": "agent", "image": "ghcr.io/nobody/relay-agent:0.4.0", "ready": false,
+				"state": map[string]any{"waiting": map[string]any{"reason": reason,
+					"message": `Back-off pulling image "ghcr.io/nobody/relay-agent:0.4.0"`}}}}}})
+}
+
+func TestTheCheckFailsLongBeforeItsTimeoutNamingAnImageTheKubeletCannotPull(t *testing.T) {
+	c, api, _ := checkHarness(t, Status{}, "")
+	c.cfg.Timeout, c.cfg.PullGrace = 20*time.Second, 100*time.Millisecond
+	pullingPod(api, "ImagePullBackOff")
+	started := time.Now()
+	err := c.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "relay pod relay-0 cannot start") ||
+		!strings.Contains(err.Error(), "image ghcr.io/nobody/relay-agent:0.4.0 of its container agent") ||
+		!strings.Contains(err.Error(), "ImagePullBackOff") || !strings.Contains(err.Error(), "agent.image") {
+		t.Fatalf("the failure must name the pod, the image and its container, and the values to fix: %v", err)
+	}
+	if took := time.Since(started); took > 10*time.Second {
+		t.Fatalf("the check waited %s (its timeout is %s) for an image that cannot be pulled", took, c.cfg.Timeout)
+	}
+}
+
+func TestAPullThatFailsForLessThanItsGraceIsWaitedFor(t *testing.T) {
+	c, api, _ := checkHarness(t, Status{}, "")
+	c.cfg.PullGrace = time.Hour
+	pullingPod(api, "ErrImagePull")
+	err := c.Run(context.Background())
+	if err == nil || strings.Contains(err.Error(), "cannot start") || !strings.Contains(err.Error(), "timed out") ||
+		!strings.Contains(err.Error(), "agent ErrImagePull") {
+		t.Fatalf("a pull failing for less than PullGrace must be waited for, and shown at the timeout: %v", err)
+	}
+}

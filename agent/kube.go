@@ -214,18 +214,22 @@ type Service struct {
 type Pod struct {
 	Metadata ObjectMeta `json:"metadata"`
 	Status   struct {
-		ContainerStatuses []struct {
-			Name         string `json:"name"`
-			Ready        bool   `json:"ready"`
-			RestartCount int    `json:"restartCount"`
-			State        struct {
-				Waiting *struct {
-					Reason  string `json:"reason"`
-					Message string `json:"message"`
-				} `json:"waiting,omitempty"`
-			} `json:"state"`
-		} `json:"containerStatuses,omitempty"`
+		InitContainerStatuses []ContainerStatus `json:"initContainerStatuses,omitempty"`
+		ContainerStatuses     []ContainerStatus `json:"containerStatuses,omitempty"`
 	} `json:"status"`
+}
+
+type ContainerStatus struct {
+	Name         string `json:"name"`
+	Image        string `json:"image"`
+	Ready        bool   `json:"ready"`
+	RestartCount int    `json:"restartCount"`
+	State        struct {
+		Waiting *struct {
+			Reason  string `json:"reason"`
+			Message string `json:"message"`
+		} `json:"waiting,omitempty"`
+	} `json:"state"`
 }
 
 type StatefulSet struct {
