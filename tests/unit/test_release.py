@@ -3,6 +3,7 @@ workflow runs that same script. (The OCI registry, cosign and installs from both
 tests/integration/test_chart_distribution.py.)"""
 import hashlib
 import subprocess
+import tarfile
 
 import pytest
 import yaml
@@ -13,6 +14,7 @@ from support.repo import CHART, HELM, HELM3, REPO
 VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 PACKAGE = f"tailscale-peer-relay-{VERSION}.tgz"
 REPO_URL = "https://charts.example.org/tailscale"
+PROJECT_URL = "https://github.com/example/tailscale-peer-relay"
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +26,18 @@ def key(tmp_path_factory):
 def released(tmp_path_factory, key):
     out = tmp_path_factory.mktemp("repo")
     result, made = run_release("--out", str(out), "--gpg-key", key.name, "--gpg-keyring", str(key.secret_keyring),
-                               "--repo-url", REPO_URL)
+                               "--repo-url", REPO_URL, "--project-url", PROJECT_URL)
     assert result.returncode == 0, result.stderr
     return out, made
+
+
+def test_the_package_names_the_project_a_user_found_it_by(released):
+    out, _ = released
+    with tarfile.open(out / PACKAGE) as archive:
+        chart = yaml.safe_load(archive.extractfile("tailscale-peer-relay/Chart.yaml").read())
+    assert chart["home"] == PROJECT_URL and chart["sources"][0] == PROJECT_URL, (chart["home"], chart["sources"])
+    links = yaml.safe_load(chart["annotations"]["artifacthub.io/links"])
+    assert {"name": "Source and README", "url": PROJECT_URL} in links, links
 
 
 def test_release_writes_a_signed_package_and_a_classic_index(released):
@@ -111,7 +122,7 @@ def test_release_workflow_publishes_with_scripts_release_and_only_known_options(
     help_text = subprocess.run([str(REPO / "scripts" / "release"), "--help"], capture_output=True, text=True).stdout
     known = {word.rstrip(",") for word in help_text.split() if word.startswith("--")}
     assert used <= known, f"the workflow passes options scripts/release does not have: {used - known}"
-    assert {"--oci", "--gpg-key", "--repo-url", "--agent-image"} <= used and ("--cosign-keyless" in used or "--cosign-key" in used)
+    assert {"--oci", "--gpg-key", "--repo-url", "--agent-image", "--project-url"} <= used and ("--cosign-keyless" in used or "--cosign-key" in used)
     permissions = workflow()["jobs"]["release"]["permissions"]
     assert permissions == {"contents": "write", "packages": "write", "id-token": "write"}
 
