@@ -18,6 +18,7 @@ whichever it is. The node events (a drain, a node lost) hit the worker, so that 
 the control plane, scripts/images/workload.yaml) stay up: the LAN device is first made to relay through the relay
 there (support.tailnet.relay_through_node), and is steered again when it moved to the other relay while it settled.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -131,7 +132,7 @@ def node_lost(relay, replicas, core, in_use):
     on_node = [relay.pod(i) for i, there in relay.pod_nodes(replicas).items() if there == node]
     stop_node(node)
     time.sleep(NODE_AWAY_S)
-    back = datetime.datetime.now(datetime.timezone.utc)
+    back = datetime.datetime.now(datetime.UTC)
     start_node(node)
     for pod in on_node:  # restarted by the node's kubelet (the API shows the Ready of before until then)
         try:
@@ -146,10 +147,15 @@ RELEASE = "a relay of the release"  # every relay: whichever the LAN device pick
 IN_USE = "the relay in use"  # the one the LAN device picked
 WORKER = "the worker's relay"  # its node: the LAN device steered there (the control plane keeps the API server)
 
-EVENTS = [("rolling upgrade", rolling_upgrade, RELEASE), ("relay pod deleted", pod_deleted, IN_USE),
-          ("API server restart", api_server_restart, RELEASE), ("MetalLB speaker restart", speaker_restart, RELEASE),
-          ("relay replaced by another release", relay_replaced, RELEASE), ("node drained", node_drained, WORKER),
-          ("node lost for a minute", node_lost, WORKER)]
+EVENTS = [
+    ("rolling upgrade", rolling_upgrade, RELEASE),
+    ("relay pod deleted", pod_deleted, IN_USE),
+    ("API server restart", api_server_restart, RELEASE),
+    ("MetalLB speaker restart", speaker_restart, RELEASE),
+    ("relay replaced by another release", relay_replaced, RELEASE),
+    ("node drained", node_drained, WORKER),
+    ("node lost for a minute", node_lost, WORKER),
+]
 
 
 def values_for(replicas: int) -> dict:
@@ -209,21 +215,37 @@ def measure(core, net: Tailnet, name: str, event, target: str, replicas: int, re
         event_s = round(time.monotonic() - started, 1)
         ended = time.time()
         wanted = after.all_service_endpoints(replicas, PORT)
-        came_back = wait("the LAN device answered through a relay again",
-                         lambda: probe.relayed_again(wanted, since=ended))
+        came_back = wait(
+            "the LAN device answered through a relay again", lambda: probe.relayed_again(wanted, since=ended)
+        )
         time.sleep(SETTLE)
     # the LAN device can be back on another relay before the one the event took away is Ready again
-    ready = wait("every relay of the release to be Ready again",
-                 lambda: all(after.pod_condition(after.pod(i))[0] == "Ready" for i in range(replicas)))
-    settings = all(after.relay_settings(after.pod(i)) == (str(PORT), after.service_endpoints(i, PORT))
-                   for i in range(replicas))
+    ready = wait(
+        "every relay of the release to be Ready again",
+        lambda: all(after.pod_condition(after.pod(i))[0] == "Ready" for i in range(replicas)),
+    )
+    settings = all(
+        after.relay_settings(after.pod(i)) == (str(PORT), after.service_endpoints(i, PORT)) for i in range(replicas)
+    )
     summary = probe.summary()
-    log(f"{name}, {replicas} relay(s): {summary['lost']} of {summary['sent']} echoes lost, "
-        f"{summary['seconds_off_relay']} s off the relay, back: {came_back}\n{probe.timeline()}")
-    return {"event": name, "replicas": replicas, "event_s": event_s, "came_back": came_back, "ready": ready,
-            "settings_right": settings, "acts_on": target, "relay_in_use": in_use, "hit_relay_in_use": hit,
-            **{k: summary[k] for k in ("sent", "lost", "seconds_off_relay", "seconds_derp_one_way", "relays")},
-            "timeline": probe.timeline().splitlines(), "probe": probe.to_json()}
+    log(
+        f"{name}, {replicas} relay(s): {summary['lost']} of {summary['sent']} echoes lost, "
+        f"{summary['seconds_off_relay']} s off the relay, back: {came_back}\n{probe.timeline()}"
+    )
+    return {
+        "event": name,
+        "replicas": replicas,
+        "event_s": event_s,
+        "came_back": came_back,
+        "ready": ready,
+        "settings_right": settings,
+        "acts_on": target,
+        "relay_in_use": in_use,
+        "hit_relay_in_use": hit,
+        **{k: summary[k] for k in ("sent", "lost", "seconds_off_relay", "seconds_derp_one_way", "relays")},
+        "timeline": probe.timeline().splitlines(),
+        "probe": probe.to_json(),
+    }
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -236,22 +258,28 @@ def plot(runs: list[dict], path: Path) -> None:
     colors = {"peer-relay": "#2a7", "derp-one-way": "#a5d", "derp": "#c80", "direct": "#57c", "none": "#999"}
 
     fig, axes = plt.subplots(len(runs), 1, figsize=(11, 1.9 * len(runs)), sharex=True, squeeze=False)
-    for ax, result in zip(axes[:, 0], runs):
+    for ax, result in zip(axes[:, 0], runs, strict=True):
         echoes = result["probe"]["echoes"]
         for kind, color in colors.items():
             points = [(e["sent_s"], e["rtt_ms"]) for e in echoes if e["rtt_ms"] is not None and Echo(**e).route == kind]
             if points:
-                ax.scatter(*zip(*points), s=4, color=color, label=kind)
+                ax.scatter(*zip(*points, strict=True), s=4, color=color, label=kind)
         lost = [e["sent_s"] for e in echoes if e["rtt_ms"] is None]
         if lost:
             ax.scatter(lost, [0.1] * len(lost), s=10, marker="x", color="#d22", label="lost")
         ax.set_yscale("log")
         ax.set_ylabel("RTT ms")
-        ax.set_title(f"{result['event']}, {result['replicas']} relay(s): {result['lost']} lost, "
-                     f"{result['seconds_off_relay']} s off the relay", fontsize=8, loc="left")
+        ax.set_title(
+            f"{result['event']}, {result['replicas']} relay(s): {result['lost']} lost, "
+            f"{result['seconds_off_relay']} s off the relay",
+            fontsize=8,
+            loc="left",
+        )
         ax.legend(fontsize=6, loc="upper right", markerscale=2)
-    axes[-1, 0].set_xlabel("seconds since the event began (echoes 5 a second; the LAN device's path from its status, "
-                           "the ways through DERP from the round trip)")
+    axes[-1, 0].set_xlabel(
+        "seconds since the event began (echoes 5 a second; the LAN device's path from its status, "
+        "the ways through DERP from the round trip)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     log(f"wrote {path}")
@@ -262,23 +290,39 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--only", help="run only the events whose name contains this")
-    parser.add_argument("--settle", type=int, default=SETTLE_BEFORE_S,
-                        help="seconds to keep relaying before an event with several relays")
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=SETTLE_BEFORE_S,
+        help="seconds to keep relaying before an event with several relays",
+    )
     args = parser.parse_args()
     config.load_kube_config()
     api = client.ApiClient()
     core = client.CoreV1Api(api)
     net = Tailnet()
     net.firewall("closed")
-    runs = [run(api, core, net, name, event, target, replicas, args.settle) for name, event, target in EVENTS
-            if not args.only or args.only in name for replicas in args.replicas]
+    runs = [
+        run(api, core, net, name, event, target, replicas, args.settle)
+        for name, event, target in EVENTS
+        if not args.only or args.only in name
+        for replicas in args.replicas
+    ]
     pins = versions()
-    results = {"environment": {"date": datetime.date.today().isoformat(), "tailscale": pins["TAILSCALE_VERSION"],
-                               "headscale": pins["HEADSCALE_VERSION"], "kubernetes": pins["KUBERNETES_VERSION"],
-                               "nodes": 1 + int(pins["CLUSTER_WORKERS"]), "echoes_per_second": 5, "timeout_s": TIMEOUT,
-                               "settle_before_s": args.settle,
-                               "command": "scripts/bench --events"},
-               "runs": runs}
+    results = {
+        "environment": {
+            "date": datetime.date.today().isoformat(),
+            "tailscale": pins["TAILSCALE_VERSION"],
+            "headscale": pins["HEADSCALE_VERSION"],
+            "kubernetes": pins["KUBERNETES_VERSION"],
+            "nodes": 1 + int(pins["CLUSTER_WORKERS"]),
+            "echoes_per_second": 5,
+            "timeout_s": TIMEOUT,
+            "settle_before_s": args.settle,
+            "command": "scripts/bench --events",
+        },
+        "runs": runs,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "events.json").write_text(json.dumps(results, indent=1) + "\n")
     log(f"wrote {args.out / 'events.json'}")

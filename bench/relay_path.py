@@ -12,6 +12,7 @@ Per path it records `tailscale ping` (disco pings: the path the client chose; ta
 and ICMP echo through the tunnel from the LAN device's network namespace (microseconds; the same path, checked with
 `tailscale ping` before and after). The plot and the ratios use the ICMP round trips.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,14 +53,21 @@ def percentile(values: list[float], q: float) -> float:
 
 def summary(pongs) -> dict:
     rtts = [p.rtt_ms for p in pongs]
-    return {"count": len(rtts), "median_ms": round(statistics.median(rtts), 3), "p95_ms": round(percentile(rtts, 0.95), 3),
-            "min_ms": round(min(rtts), 3), "max_ms": round(max(rtts), 3), "vias": sorted({p.via for p in pongs}),
-            "rtts_ms": rtts}
+    return {
+        "count": len(rtts),
+        "median_ms": round(statistics.median(rtts), 3),
+        "p95_ms": round(percentile(rtts, 0.95), 3),
+        "min_ms": round(min(rtts), 3),
+        "max_ms": round(max(rtts), 3),
+        "vias": sorted({p.via for p in pongs}),
+        "rtts_ms": rtts,
+    }
 
 
 def icmp(net: Tailnet, path: str, ip: str, count: int) -> dict:
     """COUNT ICMP echoes to IP through the tunnel from the LAN device, on PATH (checked with tailscale ping before and
     after); round trips in ms from ping's `time=` fields."""
+
     def still_on(when: str):
         seen = {p.via for p in net.ping(3)}
         if {Pong(via, 0).path for via in seen} != {path}:
@@ -69,9 +77,15 @@ def icmp(net: Tailnet, path: str, ip: str, count: int) -> dict:
     rtts = net.icmp_echo(ip, count)
     still_on("after")
     log(f"{path}: {len(rtts)} ICMP echoes, median {statistics.median(rtts):.3f}ms")
-    return {"count": len(rtts), "lost": count - len(rtts), "median_ms": round(statistics.median(rtts), 3),
-            "p95_ms": round(percentile(rtts, 0.95), 3), "min_ms": round(min(rtts), 3), "max_ms": round(max(rtts), 3),
-            "rtts_ms": rtts}
+    return {
+        "count": len(rtts),
+        "lost": count - len(rtts),
+        "median_ms": round(statistics.median(rtts), 3),
+        "p95_ms": round(percentile(rtts, 0.95), 3),
+        "min_ms": round(min(rtts), 3),
+        "max_ms": round(max(rtts), 3),
+        "rtts_ms": rtts,
+    }
 
 
 def measure(net: Tailnet, path: str, count: int) -> dict:
@@ -90,13 +104,39 @@ def measure(net: Tailnet, path: str, count: int) -> dict:
 def crictl_stats(pod: str, namespace: str) -> dict:
     """CPU (core-nanoseconds, cumulative) and working-set memory of a pod's tailscale container, from its kind node."""
     node = client.CoreV1Api().read_namespaced_pod(pod, namespace).spec.node_name
-    cid = subprocess.run(["docker", "exec", node, "crictl", "ps", "-q", "--name", "^tailscale$",
-                          "--label", f"io.kubernetes.pod.name={pod}", "--label", f"io.kubernetes.pod.namespace={namespace}"],
-                         capture_output=True, text=True, check=True).stdout.split()[0]
-    stats = json.loads(subprocess.run(["docker", "exec", node, "crictl", "stats", "-o", "json", "--id", cid],
-                                      capture_output=True, text=True, check=True).stdout)["stats"][0]
-    return {"cid": cid, "cpu_ns": int(stats["cpu"]["usageCoreNanoSeconds"]["value"]),
-            "memory_bytes": int(stats["memory"]["workingSetBytes"]["value"]), "at": time.monotonic()}
+    cid = subprocess.run(
+        [
+            "docker",
+            "exec",
+            node,
+            "crictl",
+            "ps",
+            "-q",
+            "--name",
+            "^tailscale$",
+            "--label",
+            f"io.kubernetes.pod.name={pod}",
+            "--label",
+            f"io.kubernetes.pod.namespace={namespace}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
+    stats = json.loads(
+        subprocess.run(
+            ["docker", "exec", node, "crictl", "stats", "-o", "json", "--id", cid],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["stats"][0]
+    return {
+        "cid": cid,
+        "cpu_ns": int(stats["cpu"]["usageCoreNanoSeconds"]["value"]),
+        "memory_bytes": int(stats["memory"]["workingSetBytes"]["value"]),
+        "at": time.monotonic(),
+    }
 
 
 def host_pid(container_id: str) -> int:
@@ -114,12 +154,19 @@ def host_pid(container_id: str) -> int:
 def iperf(net: Tailnet, workload_ip: str, server_pid: int, seconds: int, relay: Release | None) -> dict:
     """iperf3 from the LAN device to the workload over the tailnet (server in the workload pod's network namespace,
     reached through its tailscaled), sampling the relay's CPU and memory meanwhile."""
-    server = subprocess.Popen(["nsenter", "-t", str(server_pid), "-n", "iperf3", "-s", "-1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["nsenter", "-t", str(server_pid), "-n", "iperf3", "-s", "-1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1)
     before = crictl_stats(relay.pod(0), relay.namespace) if relay else None
-    result = subprocess.run(["nsenter", "-t", net.lan_pid(), "-n", "iperf3", "-c", workload_ip, "-t", str(seconds), "-J"],
-                            capture_output=True, text=True, timeout=seconds + 60)
+    result = subprocess.run(
+        ["nsenter", "-t", net.lan_pid(), "-n", "iperf3", "-c", workload_ip, "-t", str(seconds), "-J"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     after = crictl_stats(relay.pod(0), relay.namespace) if relay else None
     server.wait(timeout=30)
     report = json.loads(result.stdout)
@@ -138,13 +185,27 @@ def throughput_modes(base_env: list[dict]) -> list[tuple[str, dict, str]]:
     """(mode, relay values, what it tests) for the throughput matrix; BASE_ENV is the test cluster's extraEnv."""
     return [
         ("default", {}, "uid 1000, userspace: socket buffers capped by the node's rmem_max/wmem_max"),
-        ("gso-gro-off", {"extraEnv": base_env + [{"name": "TS_DEBUG_DISABLE_UDP_GSO", "value": "true"},
-                                                 {"name": "TS_DEBUG_DISABLE_UDP_GRO", "value": "true"}]},
-         "batched UDP I/O switched off"),
-        ("cpu-limit-1", {"resources": {"limits": {"cpu": "1", "memory": "256Mi"}}},
-         "a 1-CPU limit: GOMAXPROCS 1, one SO_REUSEPORT socket per family"),
-        ("kernel-mode", {"tailscale": {"userspace": False}},
-         "root with NET_ADMIN: the relay can force its 7 MiB socket buffers"),
+        (
+            "gso-gro-off",
+            {
+                "extraEnv": base_env
+                + [
+                    {"name": "TS_DEBUG_DISABLE_UDP_GSO", "value": "true"},
+                    {"name": "TS_DEBUG_DISABLE_UDP_GRO", "value": "true"},
+                ]
+            },
+            "batched UDP I/O switched off",
+        ),
+        (
+            "cpu-limit-1",
+            {"resources": {"limits": {"cpu": "1", "memory": "256Mi"}}},
+            "a 1-CPU limit: GOMAXPROCS 1, one SO_REUSEPORT socket per family",
+        ),
+        (
+            "kernel-mode",
+            {"tailscale": {"userspace": False}},
+            "root with NET_ADMIN: the relay can force its 7 MiB socket buffers",
+        ),
         ("node-buffers-7mib", {}, "uid 1000 with net.core.rmem_max/wmem_max raised to 7 MiB on the node"),
     ]
 
@@ -154,32 +215,43 @@ def node_sysctl(values: dict[str, str]) -> dict[str, str]:
     returns their previous values."""
     before = {}
     for key, value in values.items():
-        before[key] = subprocess.run(["docker", "exec", NODE, "sysctl", "-n", key], capture_output=True, text=True,
-                                     check=True).stdout.strip()
+        before[key] = subprocess.run(
+            ["docker", "exec", NODE, "sysctl", "-n", key], capture_output=True, text=True, check=True
+        ).stdout.strip()
         subprocess.run(["docker", "exec", NODE, "sysctl", "-w", f"{key}={value}"], capture_output=True, check=True)
     return before
 
 
-def throughput_matrix(net: Tailnet, relay: Release, workload_ip: str, workload_pid: int, seconds: int,
-                      direct_mbit: float) -> list[dict]:
+def throughput_matrix(
+    net: Tailnet, relay: Release, workload_ip: str, workload_pid: int, seconds: int, direct_mbit: float
+) -> list[dict]:
     rows = []
     for mode, values, what in throughput_modes(cluster_values()["extraEnv"]):
         log(f"throughput mode {mode}: {what}")
         relay.helm("uninstall", relay.name, "--wait", check=False)
-        saved = node_sysctl({"net.core.rmem_max": str(7 << 20), "net.core.wmem_max": str(7 << 20)}) \
-            if mode == "node-buffers-7mib" else {}
+        saved = (
+            node_sysctl({"net.core.rmem_max": str(7 << 20), "net.core.wmem_max": str(7 << 20)})
+            if mode == "node-buffers-7mib"
+            else {}
+        )
         try:
             relay.install({**SEED, **values})
             endpoints = relay.service_endpoints(0, PORT)
-            net.ping_until(lambda p: p.relay_endpoint in endpoints, 300, f"the relay ({mode})")
+            net.ping_until(lambda p, endpoints=endpoints: p.relay_endpoint in endpoints, 300, f"the relay ({mode})")
             result = iperf(net, workload_ip, workload_pid, seconds, relay)
             log_text = relay.core.read_namespaced_pod_log(relay.pod(0), relay.namespace, container="tailscale")
         finally:
             if saved:
                 node_sysctl(saved)
-        rows.append({"mode": mode, "what": what, **result,
-                     "ratio_to_direct": round(result["mbit_per_s"] / direct_mbit, 2),
-                     "socket_buffers_forced": "failed to force-set UDP" not in log_text})
+        rows.append(
+            {
+                "mode": mode,
+                "what": what,
+                **result,
+                "ratio_to_direct": round(result["mbit_per_s"] / direct_mbit, 2),
+                "socket_buffers_forced": "failed to force-set UDP" not in log_text,
+            }
+        )
         log(f"throughput mode {mode}: {rows[-1]}")
     relay.helm("uninstall", relay.name, "--wait", check=False)
     return rows
@@ -194,7 +266,9 @@ def plot(results: dict, path: Path) -> None:
     labels = [k for k in ("direct", "relay", "derp") if k in results["icmp"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [2, 1.3]})
     left.boxplot([results["icmp"][k]["rtts_ms"] for k in labels], vert=False, whis=(5, 95), showfliers=True)
-    left.set_yticks(range(1, len(labels) + 1), [f"{k}\nmedian {results['icmp'][k]['median_ms']:.3f} ms" for k in labels])
+    left.set_yticks(
+        range(1, len(labels) + 1), [f"{k}\nmedian {results['icmp'][k]['median_ms']:.3f} ms" for k in labels]
+    )
     left.set_xscale("log")
     left.set_xlabel("ICMP round trip through the tunnel, ms (log scale; box 25-75 %, whiskers 5-95 %)")
     left.set_title(f"LAN device → workload pod, {results['icmp'][labels[0]]['count']} echoes per path")
@@ -239,7 +313,9 @@ def main() -> None:
     wait_for_no_relays(core)
 
     workload_ip = net.workload_ip()
-    workload_pod = core.list_namespaced_pod(net.workload_namespace, label_selector="app=workload").items[0].metadata.name
+    workload_pod = (
+        core.list_namespaced_pod(net.workload_namespace, label_selector="app=workload").items[0].metadata.name
+    )
     workload_pid = host_pid(crictl_stats(workload_pod, net.workload_namespace)["cid"])
     results = {"rtt": {}, "icmp": {}, "throughput": {}}
 
@@ -253,9 +329,12 @@ def main() -> None:
     installed = time.monotonic() - started
     endpoints = relay.service_endpoints(0, PORT)
     sent, first = net.ping_until(lambda p: p.relay_endpoint in endpoints, 300, "the relay")
-    results["relay_setup"] = {"helm_install_wait_s": round(installed, 1), "pings_until_relayed": sent,
-                              "s_from_install_to_first_relayed_pong": round(time.monotonic() - started, 1),
-                              "first_relayed_via": first.via}
+    results["relay_setup"] = {
+        "helm_install_wait_s": round(installed, 1),
+        "pings_until_relayed": sent,
+        "s_from_install_to_first_relayed_pong": round(time.monotonic() - started, 1),
+        "first_relayed_via": first.via,
+    }
     log(f"first relayed pong after {sent} pings: {results['relay_setup']}")
     results["rtt"]["relay"] = measure(net, "peer-relay", args.pings)
     results["icmp"]["relay"] = icmp(net, "peer-relay", workload_ip, args.pings)
@@ -270,21 +349,27 @@ def main() -> None:
     results["throughput"]["direct"] = iperf(net, workload_ip, workload_pid, args.iperf_seconds, None)
     net.firewall("closed")
     if not args.skip_matrix:
-        results["throughput_modes"] = throughput_matrix(net, relay, workload_ip, workload_pid, args.iperf_seconds,
-                                                        results["throughput"]["direct"]["mbit_per_s"])
+        results["throughput_modes"] = throughput_matrix(
+            net, relay, workload_ip, workload_pid, args.iperf_seconds, results["throughput"]["direct"]["mbit_per_s"]
+        )
 
     rtt = results["icmp"]
     results["ratios"] = {
         "relay_over_direct_icmp_median": round(rtt["relay"]["median_ms"] / rtt["direct"]["median_ms"], 2),
         "derp_over_relay_icmp_median": round(rtt["derp"]["median_ms"] / rtt["relay"]["median_ms"], 2),
-        "relay_over_direct_throughput": round(results["throughput"]["relay"]["mbit_per_s"]
-                                              / results["throughput"]["direct"]["mbit_per_s"], 2),
+        "relay_over_direct_throughput": round(
+            results["throughput"]["relay"]["mbit_per_s"] / results["throughput"]["direct"]["mbit_per_s"], 2
+        ),
     }
     pins = versions()
     results["environment"] = {
-        "date": datetime.date.today().isoformat(), "cores": os.cpu_count(), "kernel": platform.release(),
-        "tailscale": pins["TAILSCALE_VERSION"], "headscale": pins["HEADSCALE_VERSION"],
-        "kubernetes": pins["KUBERNETES_VERSION"], "pings_per_path": args.pings,
+        "date": datetime.date.today().isoformat(),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "tailscale": pins["TAILSCALE_VERSION"],
+        "headscale": pins["HEADSCALE_VERSION"],
+        "kubernetes": pins["KUBERNETES_VERSION"],
+        "pings_per_path": args.pings,
         "derp": "Headscale's embedded DERP server on the same docker network, behind scripts/images/derp-delay",
         "derp_delay_ms": net.derp_delay_ms,
         "command": "scripts/bench",

@@ -86,9 +86,13 @@ def keep_namespace_evidence(core, namespace: str, test_id: str) -> Path:
                     continue
                 (out / f"log-{name}-{container}{'-previous' if previous else ''}.txt").write_text(log)
     events = core.list_namespaced_event(namespace).items
-    (out / "events.txt").write_text("\n".join(
-        f"{e.last_timestamp or e.event_time} {e.type} {e.involved_object.kind}/{e.involved_object.name} "
-        f"{e.reason}: {e.message}" for e in events))
+    (out / "events.txt").write_text(
+        "\n".join(
+            f"{e.last_timestamp or e.event_time} {e.type} {e.involved_object.kind}/{e.involved_object.name} "
+            f"{e.reason}: {e.message}"
+            for e in events
+        )
+    )
     return out
 
 
@@ -102,9 +106,10 @@ def leftovers_removed(core) -> list[str]:
 
 
 def fresh_namespace(request, core):
-    """A fresh namespace for the test REQUEST names (support.namespaces.create_namespace), deleted afterwards, waiting until its pods are gone, so the next test finds nothing of this one running; when the test
-    failed, its pods' logs and the namespace's events are kept first (keep_namespace_evidence). A generator: the
-    fixtures below yield its name."""
+    """A fresh namespace for the test REQUEST names (support.namespaces.create_namespace), deleted afterwards, waiting
+    until its pods are gone, so the next test finds nothing of this one running; when the test failed, its pods' logs
+    and the namespace's events are kept first (keep_namespace_evidence). A generator: the fixtures below yield its
+    name."""
     from support.namespaces import create_namespace, remove_namespace
 
     name = create_namespace(core)
@@ -156,8 +161,13 @@ def tailnet(kube_api, core, leftovers_removed):
 
 def cosign_key_pair(directory, prefix):
     """A cosign key pair PREFIX.key (password COSIGN_PASSWORD) and PREFIX.pub in DIRECTORY."""
-    subprocess.run([str(TOOLS / "cosign"), "generate-key-pair", "--output-key-prefix", prefix], cwd=directory,
-                   check=True, capture_output=True, env={**os.environ, "COSIGN_PASSWORD": COSIGN_PASSWORD})
+    subprocess.run(
+        [str(TOOLS / "cosign"), "generate-key-pair", "--output-key-prefix", prefix],
+        cwd=directory,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "COSIGN_PASSWORD": COSIGN_PASSWORD},
+    )
     return directory / f"{prefix}.key", directory / f"{prefix}.pub"
 
 
@@ -199,11 +209,34 @@ def published(tmp_path_factory, classic_server):
     www, base_url = classic_server
     repo_dir = www / "charts"
     oci = f"oci://{registry}/it-{uuid.uuid4().hex[:8]}"
-    result, made = run_release("--out", str(repo_dir), "--gpg-key", gpg.name, "--gpg-keyring", str(gpg.secret_keyring),
-                               "--oci", oci, "--cosign-key", str(cosign_key), "--repo-url", f"{base_url}/charts",
-                               "--agent-image", f"{oci.removeprefix('oci://')}/relay-agent",
-                               "--plain-http", env={"COSIGN_PASSWORD": COSIGN_PASSWORD})
+    result, made = run_release(
+        "--out",
+        str(repo_dir),
+        "--gpg-key",
+        gpg.name,
+        "--gpg-keyring",
+        str(gpg.secret_keyring),
+        "--oci",
+        oci,
+        "--cosign-key",
+        str(cosign_key),
+        "--repo-url",
+        f"{base_url}/charts",
+        "--agent-image",
+        f"{oci.removeprefix('oci://')}/relay-agent",
+        "--plain-http",
+        env={"COSIGN_PASSWORD": COSIGN_PASSWORD},
+    )
     assert result.returncode == 0, result.stderr
-    return {**made, "gpg": gpg, "cosign_pub": cosign_pub, "other_pub": other_pub, "oci": oci, "www": www,
-            "base_url": base_url, "version": made["OCI_REF"].rsplit(":", 1)[1],
-            "oci_chart": f"{oci}/{CHART_NAME}", "ref": f"{oci.removeprefix('oci://')}/{CHART_NAME}"}
+    return {
+        **made,
+        "gpg": gpg,
+        "cosign_pub": cosign_pub,
+        "other_pub": other_pub,
+        "oci": oci,
+        "www": www,
+        "base_url": base_url,
+        "version": made["OCI_REF"].rsplit(":", 1)[1],
+        "oci_chart": f"{oci}/{CHART_NAME}",
+        "ref": f"{oci.removeprefix('oci://')}/{CHART_NAME}",
+    }

@@ -3,6 +3,7 @@ the classic repository scripts/release wrote, with the README's example values (
 plus the test cluster's login server and images, automated sync with prune and selfHeal. Argo CD renders with
 `helm template`, runs post-install/post-upgrade as a PostSync hook, never creates the helm test Pod and prunes what
 a render no longer has: the relay must stay configured and keep its identity through all of it."""
+
 from __future__ import annotations
 
 import datetime
@@ -41,19 +42,26 @@ class ArgoApp:
         self.namespace = namespace
         self.published = published
         self.release = Release(kube_api, namespace)
-        self.application = CustomObject(kube_api, "argoproj.io/v1alpha1", "Application", "applications",
-                                        ARGOCD_NAMESPACE, f"relay-{namespace}")
+        self.application = CustomObject(
+            kube_api, "argoproj.io/v1alpha1", "Application", "applications", ARGOCD_NAMESPACE, f"relay-{namespace}"
+        )
 
     def apply(self, values: dict):
-        self.application.apply({
-            "project": "default",
-            "source": {"repoURL": f"{self.published['base_url']}/charts", "chart": "tailscale-peer-relay",
-                       "targetRevision": self.published["version"],
-                       "helm": {"releaseName": "relay", "valuesObject": values}},
-            "destination": {"server": "https://kubernetes.default.svc", "namespace": self.namespace},
-            "syncPolicy": {"automated": {"prune": True, "selfHeal": True}},
-        # the finalizer makes deleting the Application delete what it deployed (except what it must keep)
-        }, metadata={"finalizers": ["resources-finalizer.argocd.argoproj.io"]})
+        self.application.apply(
+            {
+                "project": "default",
+                "source": {
+                    "repoURL": f"{self.published['base_url']}/charts",
+                    "chart": "tailscale-peer-relay",
+                    "targetRevision": self.published["version"],
+                    "helm": {"releaseName": "relay", "valuesObject": values},
+                },
+                "destination": {"server": "https://kubernetes.default.svc", "namespace": self.namespace},
+                "syncPolicy": {"automated": {"prune": True, "selfHeal": True}},
+                # the finalizer makes deleting the Application delete what it deployed (except what it must keep)
+            },
+            metadata={"finalizers": ["resources-finalizer.argocd.argoproj.io"]},
+        )
 
     def delete(self):
         self.application.delete()
@@ -67,21 +75,30 @@ class ArgoApp:
             status = self.status()
             summary = {k: status.get(k) for k in ("sync", "health", "conditions", "operationState")}
             return f"Application status: {summary}\n{self.release.describe()}"
+
         wait_for(check, what, timeout, interval=3, explain=explain)
 
     @staticmethod
     def synced_and_healthy(status: dict) -> bool:
         """Synced, Healthy and the last operation Succeeded, in one read of the Application's STATUS."""
-        return (status.get("sync", {}).get("status") == "Synced" and status.get("health", {}).get("status") == "Healthy"
-                and status.get("operationState", {}).get("phase") == "Succeeded")
+        return (
+            status.get("sync", {}).get("status") == "Synced"
+            and status.get("health", {}).get("status") == "Healthy"
+            and status.get("operationState", {}).get("phase") == "Succeeded"
+        )
 
     def wait_synced(self, since: datetime.datetime | None = None):
         """Synced, Healthy, and the last sync operation (finished after SINCE) Succeeded."""
+
         def done():  # one read: a sync that starts between two reads would mix two operations
             status = self.status()
             finished = status.get("operationState", {}).get("finishedAt")
-            return self.synced_and_healthy(status) and finished and (
-                since is None or datetime.datetime.fromisoformat(finished.replace("Z", "+00:00")) >= since)
+            return (
+                self.synced_and_healthy(status)
+                and finished
+                and (since is None or datetime.datetime.fromisoformat(finished.replace("Z", "+00:00")) >= since)
+            )
+
         self.wait(done, "the Application to be Synced and Healthy after a successful sync")
 
     def hook_results(self) -> list[dict]:
@@ -91,25 +108,32 @@ class ArgoApp:
 
     def request_refresh(self, kind: str = "hard"):
         self.application.annotate({"argocd.argoproj.io/refresh": kind})
-        self.wait(lambda: "argocd.argoproj.io/refresh" not in (self.application.get()["metadata"].get("annotations") or {}),
-                  f"Argo CD to handle the {kind} refresh")
+        self.wait(
+            lambda: "argocd.argoproj.io/refresh" not in (self.application.get()["metadata"].get("annotations") or {}),
+            f"Argo CD to handle the {kind} refresh",
+        )
 
 
 def now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
 @pytest.fixture
 def app(kube_api, gitops, namespace, published):
     try:
-        client.CustomObjectsApi(kube_api).list_namespaced_custom_object("argoproj.io", "v1alpha1", ARGOCD_NAMESPACE,
-                                                                         "applications")
+        client.CustomObjectsApi(kube_api).list_namespaced_custom_object(
+            "argoproj.io", "v1alpha1", ARGOCD_NAMESPACE, "applications"
+        )
     except client.ApiException as error:
         pytest.fail(f"Argo CD's Application API is not installed ({error.reason}): scripts/images/deploy installs it")
     cluster_values()  # fails (in CI) or skips with a hint when the cluster's settings are missing
     core = client.CoreV1Api(kube_api)
-    core.create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="tailscale-auth"),
-                                                             string_data={"TS_AUTHKEY": os.environ["AUTHKEY"]}))
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="tailscale-auth"), string_data={"TS_AUTHKEY": os.environ["AUTHKEY"]}
+        ),
+    )
     application = ArgoApp(kube_api, namespace, published)
     yield application
     try:
@@ -145,10 +169,16 @@ def test_argocd_syncs_the_chart_runs_the_hook_and_keeps_the_relay_through_refres
     # selfHeal: a hand edit of a chart-owned field is put back by a resource-scoped sync, which runs no PostSync hook.
     # The relay's agent, not the hook, keeps the settings: they stay right.
     before = now()
-    release.core.patch_namespaced_service(pod, app.namespace, {"metadata": {"labels": {
-        "app.kubernetes.io/name": "edited-by-hand"}}})
-    app.wait(lambda: release.core.read_namespaced_service(pod, app.namespace).metadata.labels[
-        "app.kubernetes.io/name"] == "tailscale-peer-relay", "selfHeal to restore the Service's label")
+    release.core.patch_namespaced_service(
+        pod, app.namespace, {"metadata": {"labels": {"app.kubernetes.io/name": "edited-by-hand"}}}
+    )
+    app.wait(
+        lambda: (
+            release.core.read_namespaced_service(pod, app.namespace).metadata.labels["app.kubernetes.io/name"]
+            == "tailscale-peer-relay"
+        ),
+        "selfHeal to restore the Service's label",
+    )
     app.wait_synced()
     assert release.hook_jobs_created_since(before) == [], "a selfHeal sync should not run the PostSync hook"
     assert release.state_identities() == state and release.node_identity(pod) == identity
@@ -179,9 +209,17 @@ def test_argocd_keeps_state_secrets_on_scale_down_and_deletion_and_returns_as_th
     before = now()
     app.apply(values | {"replicaCount": 1})
     app.wait_synced(since=before)
-    app.wait(lambda: len(release.core.list_namespaced_pod(app.namespace,
-                                                          label_selector="app.kubernetes.io/component=relay").items) == 1,
-             "the second relay pod to go")
+    app.wait(
+        lambda: (
+            len(
+                release.core.list_namespaced_pod(
+                    app.namespace, label_selector="app.kubernetes.io/component=relay"
+                ).items
+            )
+            == 1
+        ),
+        "the second relay pod to go",
+    )
     assert release.state_identities() == state, "Argo CD pruned a state Secret: the replica's node identity is lost"
 
     # Deleting the Application deletes the release's resources but keeps the state Secrets
@@ -192,5 +230,6 @@ def test_argocd_keeps_state_secrets_on_scale_down_and_deletion_and_returns_as_th
     app.wait_synced()
     for index in range(2):
         release.wait_pod_ready(release.pod(index))
-        assert release.node_identity(release.pod(index)) == identities[index], \
+        assert release.node_identity(release.pod(index)) == identities[index], (
             f"replica {index} should come back as the same Tailscale node"
+        )

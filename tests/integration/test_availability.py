@@ -2,6 +2,7 @@
 the event and until the LAN device is back on a relay path; the test asserts what must hold afterwards (a relay path
 of this release, its settings right, Ready, with no help). Lost echoes and seconds off the relay are recorded in the
 failure message and the timeline, not asserted: timings belong to the benchmark."""
+
 from __future__ import annotations
 
 import datetime
@@ -11,8 +12,16 @@ import warnings
 
 import pytest
 
-from support.cluster import (control_plane_node, drain, on_cluster, start_node, stop_api_server, stop_node, uncordon,
-                             worker_node)
+from support.cluster import (
+    control_plane_node,
+    drain,
+    on_cluster,
+    start_node,
+    stop_api_server,
+    stop_node,
+    uncordon,
+    worker_node,
+)
 from support.pods import ANSWERED, LISTENER, curl_status, prober, toolbox_pod, wait_answers
 from support.probe import PathProbe
 from support.tailnet import relay_side, relay_through_node, relayed
@@ -42,9 +51,14 @@ def wait_relayed_again(probe, release, endpoints: set[str], timeout: int) -> Non
     """Waits until the LAN device is answered through the release's relay again, by echoes sent after the event
     (called when it is over), then lets the probe see it a while."""
     ended = time.time()
-    wait_for(probe.current_path, "the LAN device to be answered through the relay again, both ways (seen: the paths "
-             "the LAN device and the workload send on)", timeout,
-             until=lambda _: probe.relayed_again(endpoints, since=ended), explain=relay_side(release))
+    wait_for(
+        probe.current_path,
+        "the LAN device to be answered through the relay again, both ways (seen: the paths "
+        "the LAN device and the workload send on)",
+        timeout,
+        until=lambda _: probe.relayed_again(endpoints, since=ended),
+        explain=relay_side(release),
+    )
     time.sleep(SETTLE_SECONDS)
 
 
@@ -70,7 +84,7 @@ def story_of(probe) -> tuple[dict, str]:
     """The probe's summary, and for a failure message the summary and the timeline, with when the probe started (to
     find the moment in the cluster's logs)."""
     summary = probe.summary()
-    started = datetime.datetime.fromtimestamp(probe.started, datetime.timezone.utc).isoformat(timespec="seconds")
+    started = datetime.datetime.fromtimestamp(probe.started, datetime.UTC).isoformat(timespec="seconds")
     return summary, f"{summary}\nthe timeline, from {started}:\n{probe.timeline()}"
 
 
@@ -78,8 +92,9 @@ def assert_relay_right(release, story: str, replicas: int = 1) -> None:
     for index in range(replicas):
         pod = release.pod(index)
         assert release.pod_condition(pod)[0] == "Ready", f"{pod} should be Ready again:\n{story}"
-        assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(index, PORT)), \
+        assert release.relay_settings(pod) == (str(PORT), release.service_endpoints(index, PORT)), (
             f"{pod} should advertise its own Service's addresses again:\n{story}"
+        )
 
 
 def test_a_rolling_upgrade_of_one_relay_comes_back_to_a_relay_path_by_itself(release, tailnet):
@@ -104,15 +119,21 @@ def test_an_api_server_restart_leaves_the_relay_ready_and_the_lan_back_on_its_pa
     with PathProbe(tailnet) as probe:
         stop_api_server()
         time.sleep(2)
-        wait_for(lambda: core.list_namespace(limit=1, _request_timeout=5), "the API server to answer again", 180,
-                 tolerate=(Exception,))
+        wait_for(
+            lambda: core.list_namespace(limit=1, _request_timeout=5),
+            "the API server to answer again",
+            180,
+            tolerate=(Exception,),
+        )
         wait_relayed_again(probe, release, endpoints, 60)
     summary, story = story_of(probe)
     # The relay path does not go through the API server, and the agent keeps the relay Ready through the outage: the
     # pod never leaves its Service's endpoints, so the load balancer keeps sending to it.
     after = release.readiness(pod)
-    assert after == before, (f"{pod} should stay Ready, as it was, through the API server's restart (seen: its Ready "
-                             f"condition, when it last changed, its uid and restarts: {before}, then {after}):\n{story}")
+    assert after == before, (
+        f"{pod} should stay Ready, as it was, through the API server's restart (seen: its Ready "
+        f"condition, when it last changed, its uid and restarts: {before}, then {after}):\n{story}"
+    )
     assert summary["last_path"] == "peer-relay", f"the LAN device should end on the relay path:\n{story}"
     assert_relay_right(release, story)
     # A break of the relay path costs a client at most the time it keeps trusting the path without an answer
@@ -122,10 +143,14 @@ def test_an_api_server_restart_leaves_the_relay_ready_and_the_lan_back_on_its_pa
     longest = longest_loss_seconds(summary["lost_seqs"], probe.interval)
     assert longest <= CLIENT_TRUST_S + HEARTBEAT_S, (
         f"{longest:.1f} s of echoes lost in one stretch through the API server's restart: more than a client's "
-        f"{CLIENT_TRUST_S} s trust window plus a {HEARTBEAT_S} s heartbeat, so the relay path stayed broken:\n{story}")
+        f"{CLIENT_TRUST_S} s trust window plus a {HEARTBEAT_S} s heartbeat, so the relay path stayed broken:\n{story}"
+    )
     if summary["lost"]:
-        warnings.warn(f"{summary['lost']} echoes were lost during the API server's restart, at most {longest:.1f} s in "
-                      f"one stretch (within a client's trust window and a heartbeat):\n{story}")
+        warnings.warn(
+            f"{summary['lost']} echoes were lost during the API server's restart, at most {longest:.1f} s in "
+            f"one stretch (within a client's trust window and a heartbeat):\n{story}",
+            stacklevel=2,
+        )
 
 
 def test_a_drain_of_the_node_whose_relay_is_in_use_leaves_the_lan_on_a_relay_path(release, tailnet):
@@ -156,7 +181,7 @@ def test_a_lost_node_leaves_the_lan_on_the_other_nodes_relay_and_its_own_comes_b
             # the lost node's until that node is back or deleted): the LAN device must find the other relay
             wait_relayed_again(probe, release, survivor, 180)
         finally:
-            back = datetime.datetime.now(datetime.timezone.utc)
+            back = datetime.datetime.now(datetime.UTC)
             start_node(node)
         # its relay, restarted by the node's kubelet, is Ready and relays again by itself
         release.wait_ready_since(release.pod(lost), back)
@@ -168,13 +193,17 @@ def test_a_lost_node_leaves_the_lan_on_the_other_nodes_relay_and_its_own_comes_b
     # restart, so the node's new pods got no masquerade (scripts/node-image/manifests/kube-router.yaml).
     prober(release.core, release.namespace, "after-restart", node=node)
     control = f"{os.environ['LOGIN_SERVER']}/health"
-    wait_for(lambda: curl_status(release.core, release.namespace, "after-restart", control),
-             f"a new pod on {node} to reach the control server at {control} (seen: curl's exit status)", 60,
-             until=lambda status: status == ANSWERED)
+    wait_for(
+        lambda: curl_status(release.core, release.namespace, "after-restart", control),
+        f"a new pod on {node} to reach the control server at {control} (seen: curl's exit status)",
+        60,
+        until=lambda status: status == ANSWERED,
+    )
     # It reaches a pod on the control plane in both families (a connection needs the routes both ways): kube-router
     # withdraws the node's pod routes when it is gone longer than the BGP graceful-restart time (90 s) and must inject
     # them again.
-    listener = toolbox_pod(release.core, release.namespace, "beside-the-api-server", LISTENER,
-                           node=control_plane_node())
+    listener = toolbox_pod(
+        release.core, release.namespace, "beside-the-api-server", LISTENER, node=control_plane_node()
+    )
     for family in (4, 6):
         wait_answers(release.core, release.namespace, "after-restart", listener, family)

@@ -1,4 +1,5 @@
 """Bad situations fail clearly and in bounded time; the release is reported failed, not hung."""
+
 import time
 
 import pytest
@@ -10,8 +11,12 @@ pytestmark = pytest.mark.integration
 
 def test_a_load_balancer_that_never_answers_fails_the_hook_in_time(release):
     started = time.monotonic()
-    result = release.install({"service": {"loadBalancerClass": "example.com/nobody-serves-this"},
-                              "hook": {"timeoutSeconds": 30}}, check=False, wait=False, timeout="4m")
+    result = release.install(
+        {"service": {"loadBalancerClass": "example.com/nobody-serves-this"}, "hook": {"timeoutSeconds": 30}},
+        check=False,
+        wait=False,
+        timeout="4m",
+    )
     elapsed = time.monotonic() - started
     assert result.returncode != 0, "install must fail when no address is ever assigned"
     assert elapsed < 200, f"the failure took {elapsed:.0f}s; the hook should give up after its 30s timeout"
@@ -24,8 +29,9 @@ def test_a_relay_image_that_cannot_be_pulled_fails_the_install_long_before_its_t
     # a tag nobody publishes (this cluster pulls from nowhere): the kubelet fails the pull and backs off; the hook
     # names the image once the pull has failed for 45 s (three tries), not after its own 240 s
     missing = "v0.0.0-nobody-publishes-this"
-    result = release.install({"image": {"tag": missing}, "hook": {"timeoutSeconds": 240}}, check=False, wait=False,
-                             timeout="5m")
+    result = release.install(
+        {"image": {"tag": missing}, "hook": {"timeoutSeconds": 240}}, check=False, wait=False, timeout="5m"
+    )
     assert result.returncode != 0, "install must fail when the relay's image cannot be pulled"
     assert release.status()["info"]["status"] == "failed"
     log = release.hook_log()
@@ -55,10 +61,16 @@ def test_with_helm_wait_a_bad_auth_key_is_named_by_the_relays_termination_messag
     result = release.install(values, check=False, wait=True, timeout="45s")
     assert result.returncode != 0, "install --wait must fail when the relay cannot log in"
     assert release.status()["info"]["status"] == "failed"
+
     def termination_message() -> str:
         relay = release.container_status(release.pod(0), "tailscale")
         terminated = (relay.last_state and relay.last_state.terminated) or (relay.state and relay.state.terminated)
         return (terminated.message or "") if terminated else ""
-    message = wait_for(termination_message, "the relay container's termination message", 60, tolerate=(StopIteration, TypeError))
+
+    message = wait_for(
+        termination_message, "the relay container's termination message", 60, tolerate=(StopIteration, TypeError)
+    )
     # `kubectl describe pod` shows it as Last State: Terminated … Message: (README "When the install fails").
-    assert "key" in message.lower(), f"the relay container's termination message should name the key problem: {message!r}"
+    assert "key" in message.lower(), (
+        f"the relay container's termination message should name the key problem: {message!r}"
+    )

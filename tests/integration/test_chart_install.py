@@ -1,4 +1,5 @@
 """One `helm install` on a real cluster gives configured relays; helm test agrees."""
+
 import datetime
 
 import pytest
@@ -66,7 +67,7 @@ def test_a_restarted_relay_keeps_its_identity_and_settings_without_the_hook(rele
     pod = release.pod(0)
     before = (release.node_identity(pod), release.relay_settings(pod))
     old_uid = release.core.read_namespaced_pod(pod, release.namespace).metadata.uid
-    restarted_at = datetime.datetime.now(datetime.timezone.utc)
+    restarted_at = datetime.datetime.now(datetime.UTC)
     release.core.delete_namespaced_pod(pod, release.namespace)
     for _ in range(60):
         fresh = release.wait_pod_ready(pod)

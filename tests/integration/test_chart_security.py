@@ -1,17 +1,26 @@
 """The chart runs under the restricted Pod Security Standard; its RBAC holds on the real API server."""
+
 import os
 
 import pytest
 from kubernetes import client
 from pytest_helm_charts.k8s.stateful_set import wait_for_stateful_sets_to_run
 
-
 pytestmark = pytest.mark.integration
 
 
 def test_every_pod_is_admitted_under_restricted_pod_security(release, kube_cluster):
-    release.core.patch_namespace(release.namespace, {"metadata": {"labels": {
-        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    release.core.patch_namespace(
+        release.namespace,
+        {
+            "metadata": {
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                }
+            }
+        },
+    )
     release.install({"replicaCount": 2})
     wait_for_stateful_sets_to_run(kube_cluster.kube_client, [release.fullname], release.namespace, timeout_sec=120)
     release.test()  # the test pod and, before it, the hook Job were admitted and succeeded
@@ -22,11 +31,15 @@ def test_every_pod_is_admitted_under_restricted_pod_security(release, kube_clust
 
 
 def can(api, namespace, service_account, verb, resource, name, subresource=None):
-    review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-        user=f"system:serviceaccount:{namespace}:{service_account}",
-        groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
-        resource_attributes=client.V1ResourceAttributes(
-            namespace=namespace, verb=verb, resource=resource, name=name, subresource=subresource)))
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=f"system:serviceaccount:{namespace}:{service_account}",
+            groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace, verb=verb, resource=resource, name=name, subresource=subresource
+            ),
+        )
+    )
     return client.AuthorizationV1Api(api).create_subject_access_review(review).status.allowed
 
 
@@ -35,11 +48,17 @@ def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
     names = release.names
     ns, relay_sa, hook_sa = release.namespace, names.relay_account, names.hook_account
     release.core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="unrelated")))
-    release.core.create_namespaced_pod(ns, client.V1Pod(
-        metadata=client.V1ObjectMeta(name="unrelated"),
-        # sleep as PID 1 ignores SIGTERM: without a short grace period the namespace's deletion would wait 30 s
-        spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[client.V1Container(
-            name="c", image=os.environ["TOOLBOX_IMAGE"], command=["sleep", "600"])])))
+    release.core.create_namespaced_pod(
+        ns,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="unrelated"),
+            # sleep as PID 1 ignores SIGTERM: without a short grace period the namespace's deletion would wait 30 s
+            spec=client.V1PodSpec(
+                termination_grace_period_seconds=1,
+                containers=[client.V1Container(name="c", image=os.environ["TOOLBOX_IMAGE"], command=["sleep", "600"])],
+            ),
+        ),
+    )
 
     assert can(kube_api, ns, relay_sa, "get", "secrets", names.state_secret(0))
     assert can(kube_api, ns, relay_sa, "update", "secrets", names.state_secret(0))
@@ -47,8 +66,9 @@ def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
     assert not can(kube_api, ns, relay_sa, "get", "secrets", names.auth_secret)
     assert not can(kube_api, ns, relay_sa, "create", "secrets", "anything")
     policies = client.AdmissionregistrationV1Api(kube_api).list_validating_admission_policy().items
-    assert not [p.metadata.name for p in policies if p.metadata.name.endswith(f".{ns}.state-secrets")], \
+    assert not [p.metadata.name for p in policies if p.metadata.name.endswith(f".{ns}.state-secrets")], (
         "without rbac.relayRecreatesStateSecrets no admission policy is installed"
+    )
     assert not can(kube_api, ns, relay_sa, "list", "secrets", None)
 
     # the agent reads and watches its own Service, nothing else, and writes only its status ConfigMap
@@ -103,9 +123,16 @@ def test_a_relay_that_may_recreate_its_state_secret_may_create_nothing_else(rele
     assert "may create only its own state Secrets" in why and state in why, why
     release.core.delete_namespaced_secret(state, ns)
     # A service-account-token Secret under the state Secret's name would give the relay another account's token.
-    why = forbidden_because(lambda: relay.create_namespaced_secret(ns, secret(
-        state, type="kubernetes.io/service-account-token",
-        metadata={"annotations": {"kubernetes.io/service-account.name": "default"}})))
+    why = forbidden_because(
+        lambda: relay.create_namespaced_secret(
+            ns,
+            secret(
+                state,
+                type="kubernetes.io/service-account-token",
+                metadata={"annotations": {"kubernetes.io/service-account.name": "default"}},
+            ),
+        )
+    )
     assert "only as type Opaque" in why, why
     # What tailscaled's kube store writes back is admitted.
     relay.create_namespaced_secret(ns, secret(state, data={"_machinekey": "bWtleQ=="}))
@@ -117,15 +144,16 @@ def test_a_relay_that_may_recreate_its_state_secret_may_create_nothing_else(rele
     release.core.create_namespaced_secret(ns, secret("an-admins-secret"))
 
 
-
 def test_scaling_outside_helm_is_refused_with_the_value_to_change(release):
     values = {"rbac": {"refuseScalingOutsideHelm": True}}
     release.install(values)
     ns, name = release.namespace, release.fullname
     # `kubectl scale` and an HPA go through the scale subresource; kubectl edit and an Argo CD replica override
     # change the StatefulSet itself.
-    for change in (lambda: release.apps.patch_namespaced_stateful_set_scale(name, ns, {"spec": {"replicas": 2}}),
-                   lambda: release.apps.patch_namespaced_stateful_set(name, ns, {"spec": {"replicas": 2}})):
+    for change in (
+        lambda: release.apps.patch_namespaced_stateful_set_scale(name, ns, {"spec": {"replicas": 2}}),
+        lambda: release.apps.patch_namespaced_stateful_set(name, ns, {"spec": {"replicas": 2}}),
+    ):
         with pytest.raises(client.ApiException) as refused:
             change()
         assert "scale with the chart value replicaCount" in refused.value.body, refused.value.body

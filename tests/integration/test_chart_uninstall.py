@@ -1,7 +1,7 @@
 """helm uninstall leaves only what the README says is kept on purpose: the state Secrets."""
+
 import pytest
 from kubernetes import client
-
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,14 @@ def test_uninstall_keeps_only_the_state_secrets(release, namespace):
         ("Service", core.list_namespaced_service(namespace, label_selector=selector).items),
         ("ConfigMap", core.list_namespaced_config_map(namespace, label_selector=selector).items),
         ("ServiceAccount", core.list_namespaced_service_account(namespace, label_selector=selector).items),
-        ("Pod", [p for p in core.list_namespaced_pod(namespace, label_selector=selector).items if not p.metadata.deletion_timestamp]),
+        (
+            "Pod",
+            [
+                p
+                for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+                if not p.metadata.deletion_timestamp
+            ],
+        ),
         ("StatefulSet", apps.list_namespaced_stateful_set(namespace, label_selector=selector).items),
         ("Job", batch.list_namespaced_job(namespace, label_selector=selector).items),
         ("Role", rbac.list_namespaced_role(namespace, label_selector=selector).items),
@@ -30,5 +37,6 @@ def test_uninstall_keeps_only_the_state_secrets(release, namespace):
     assert state.data, "the kept state Secret holds the node's identity"
     # The README's removal command removes them.
     core.delete_collection_namespaced_secret(
-        namespace, label_selector="app.kubernetes.io/instance=relay,app.kubernetes.io/component=relay")
+        namespace, label_selector="app.kubernetes.io/instance=relay,app.kubernetes.io/component=relay"
+    )
     assert not core.list_namespaced_secret(namespace, label_selector=selector).items

@@ -7,6 +7,7 @@ settings, written in its own values (0.3.0 has no agent: its relay-settings side
 with kubectl and curl, which the tests' toolbox image is), then upgraded to the working tree with the current
 chart's values.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,11 +32,15 @@ PORT = SEED["relay"]["port"]
 def previous_version_commit() -> tuple[str, str]:
     """(commit, chart version) of the newest commit whose chart version differs from the working tree's."""
     current = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
-    commits = subprocess.run(["git", "log", "--format=%H", "--", "chart/Chart.yaml"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.split()
+    commits = subprocess.run(
+        ["git", "log", "--format=%H", "--", "chart/Chart.yaml"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for commit in commits:
-        chart = yaml.safe_load(subprocess.run(["git", "show", f"{commit}:chart/Chart.yaml"], cwd=REPO,
-                                              capture_output=True, text=True, check=True).stdout)
+        chart = yaml.safe_load(
+            subprocess.run(
+                ["git", "show", f"{commit}:chart/Chart.yaml"], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout
+        )
         if chart["version"] != current:
             return commit, chart["version"]
     pytest.fail(f"no commit in this clone's history has a chart version other than {current} (a shallow clone?)")
@@ -49,8 +54,9 @@ def previous_package(tmp_path_factory):
     subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), commit, "chart"], cwd=REPO, check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(out, filter="data")
-    result = subprocess.run([HELM, "package", str(out / "chart"), "--destination", str(out)], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [HELM, "package", str(out / "chart"), "--destination", str(out)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     return out / f"{CHART_NAME}-{version}.tgz", version
 
@@ -65,8 +71,9 @@ def previous_cluster_values() -> dict:
     return values
 
 
-def test_an_upgrade_from_the_previous_version_keeps_the_node_and_the_path(kube_api, namespace, tailnet,
-                                                                           previous_package):
+def test_an_upgrade_from_the_previous_version_keeps_the_node_and_the_path(
+    kube_api, namespace, tailnet, previous_package
+):
     package, version = previous_package
     old = Release(kube_api, namespace, chart=str(package), base_values=previous_cluster_values)
     old.install(SEED)
@@ -79,10 +86,12 @@ def test_an_upgrade_from_the_previous_version_keeps_the_node_and_the_path(kube_a
     new = Release(kube_api, namespace)
     new.upgrade(SEED)
     new.wait_pod_ready(pod)
-    assert new.node_identity(pod) == identity, \
+    assert new.node_identity(pod) == identity, (
         f"the upgrade from {version} made the relay a new Tailscale node (key, tailnet addresses)"
+    )
     assert new.state_identities() == secrets, "the upgrade changed the identity in the state Secrets"
-    assert new.relay_settings(pod) == (str(PORT), new.service_endpoints(0, PORT)), \
+    assert new.relay_settings(pod) == (str(PORT), new.service_endpoints(0, PORT)), (
         "after the upgrade the relay should have the release's port and its Service's addresses"
+    )
     new.test()
     tailnet.ping_until(relayed(new.service_endpoints(0, PORT)), 180, "the upgraded relay", relay_side(new))

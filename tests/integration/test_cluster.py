@@ -35,18 +35,19 @@ def test_nodes_are_dual_stack(core):
         internal = [a.address for a in node.status.addresses if a.type == "InternalIP"]
         assert families(internal) == {4, 6}, f"{node.metadata.name} InternalIPs: {internal}"
         cidrs = node.spec.pod_cidrs or []
-        assert {ipaddress.ip_network(c).version for c in cidrs} == {4, 6}, \
-            f"{node.metadata.name} podCIDRs: {cidrs}"
+        assert {ipaddress.ip_network(c).version for c in cidrs} == {4, 6}, f"{node.metadata.name} podCIDRs: {cidrs}"
 
 
 def test_the_control_plane_runs_workloads_beside_a_worker(core):
     nodes = {n.metadata.name: n for n in core.list_node().items}
     assert {control_plane_node(), worker_node()} <= set(nodes), f"the cluster's nodes: {sorted(nodes)}"
     taints = [t.key for t in nodes[control_plane_node()].spec.taints or []]
-    assert "node-role.kubernetes.io/control-plane" not in taints, "the control plane must take workloads (a drain " \
-        "or a lost worker moves the relay there)"
-    assert "node.kubernetes.io/exclude-from-external-load-balancers" not in nodes[control_plane_node()].metadata.labels, \
-        "MetalLB's speaker on the control plane must announce too"
+    assert "node-role.kubernetes.io/control-plane" not in taints, (
+        "the control plane must take workloads (a drain or a lost worker moves the relay there)"
+    )
+    assert (
+        "node.kubernetes.io/exclude-from-external-load-balancers" not in nodes[control_plane_node()].metadata.labels
+    ), "MetalLB's speaker on the control plane must announce too"
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -94,7 +95,13 @@ def test_dual_stack_loadbalancer_gets_both_families(core, namespace):
     created = core.create_namespaced_service(namespace, svc)
     assert families(created.spec.cluster_ips) == {4, 6}, f"clusterIPs: {created.spec.cluster_ips}"
 
-    wait_for(lambda: [i.ip for i in (core.read_namespaced_service("dual-lb", namespace).status.load_balancer.ingress
-                                     or []) if i.ip],
-             "the LoadBalancer Service to get an IPv4 and an IPv6 address (is MetalLB deployed? scripts/images/deploy)",
-             120, until=lambda ingress: families(ingress) == {4, 6})
+    wait_for(
+        lambda: [
+            i.ip
+            for i in (core.read_namespaced_service("dual-lb", namespace).status.load_balancer.ingress or [])
+            if i.ip
+        ],
+        "the LoadBalancer Service to get an IPv4 and an IPv6 address (is MetalLB deployed? scripts/images/deploy)",
+        120,
+        until=lambda ingress: families(ingress) == {4, 6},
+    )

@@ -1,6 +1,7 @@
 """Outages of what the relay depends on, staged as production has them: packets dropped (a partition, an overloaded
 server), not refused. The control server and the API server are black-holed for the relay pod only, so the rest of
 the test tailnet and cluster carry on."""
+
 from __future__ import annotations
 
 import json
@@ -33,10 +34,17 @@ def advertises(release, addresses: set[str] | None = None, timeout: int = 120) -
     def observe():
         wanted = {endpoint(a, PORT) for a in addresses} if addresses else release.service_endpoints(0, PORT)
         return wanted, release.relay_settings(pod)
-    wanted, _ = wait_for(observe, f"{pod} to advertise port {PORT} and its Service's addresses (seen: wanted, then "
-                                  "the relay's port and endpoints)", timeout, interval=2,
-                         until=lambda got: got[0] and got[1] == (str(PORT), got[0]), tolerate=(Exception,),
-                         explain=lambda: f"{release.agent_log(pod)}\n{release.describe()}")
+
+    wanted, _ = wait_for(
+        observe,
+        f"{pod} to advertise port {PORT} and its Service's addresses (seen: wanted, then "
+        "the relay's port and endpoints)",
+        timeout,
+        interval=2,
+        until=lambda got: got[0] and got[1] == (str(PORT), got[0]),
+        tolerate=(Exception,),
+        explain=lambda: f"{release.agent_log(pod)}\n{release.describe()}",
+    )
     return wanted
 
 
@@ -45,8 +53,9 @@ def stays_ready(release, pod: str, before, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         now = release.readiness(pod)
-        assert now == before, (f"{pod} left its Service's endpoints or restarted: readiness {before} -> {now}\n"
-                               f"{release.agent_log(pod)}")
+        assert now == before, (
+            f"{pod} left its Service's endpoints or restarted: readiness {before} -> {now}\n{release.agent_log(pod)}"
+        )
         time.sleep(2)
 
 
@@ -68,9 +77,13 @@ def test_a_control_server_black_holed_then_refusing_keeps_the_relay_ready_and_it
         # down and in its back-off, as it still is for a while after the control server is back
         stays_ready(release, pod, before, OUTAGE)
     # back: tailscaled's map poll returns by itself within its back-off; the agent must not have logged it out
-    wait_for(lambda: json.loads(release.tailscale(pod, "status", "--json"))["Self"]["Online"],
-             "the relay back in the control server's map poll (seen: its status's Self.Online)", 120, interval=3,
-             explain=lambda: release.agent_log(pod))
+    wait_for(
+        lambda: json.loads(release.tailscale(pod, "status", "--json"))["Self"]["Online"],
+        "the relay back in the control server's map poll (seen: its status's Self.Online)",
+        120,
+        interval=3,
+        explain=lambda: release.agent_log(pod),
+    )
     stays_ready(release, pod, before, 3 * RESYNC)
     assert release.node_identity(pod) == identity, "the relay must keep its node key and tailnet addresses"
     reasons = [r for r, _ in release.agent_events(pod)]
@@ -97,10 +110,15 @@ def test_a_black_holed_api_server_leaves_the_relay_ready_and_its_repairs_done(re
         # the load balancer moves the Service (a pool edit, a recreated cloud load balancer) while the agent cannot
         # see it: MetalLB gives it the next free pool address of each family
         new = [release.free_pool_address(ip) for ip in old]
-        release.core.patch_namespaced_service(pod, release.namespace, {"metadata": {"annotations": {
-            "metallb.io/loadBalancerIPs": ",".join(new)}}})
-        wait_for(lambda: release.service_addresses(pod), f"MetalLB to move the Service to {new}", 60,
-                 until=lambda seen: set(seen) == set(new))
+        release.core.patch_namespaced_service(
+            pod, release.namespace, {"metadata": {"annotations": {"metallb.io/loadBalancerIPs": ",".join(new)}}}
+        )
+        wait_for(
+            lambda: release.service_addresses(pod),
+            f"MetalLB to move the Service to {new}",
+            60,
+            until=lambda seen: set(seen) == set(new),
+        )
         stays_ready(release, pod, before, 10)
     # the API server answers again: the new addresses are in effect, the relay was Ready throughout
     advertises(release, set(new))

@@ -83,7 +83,13 @@ def _exec(kube, ns, pod, cmd):
 
     resp = stream(
         kube.CoreV1Api().connect_get_namespaced_pod_exec,
-        pod, ns, command=cmd, stderr=True, stdout=True, stdin=False, tty=False,
+        pod,
+        ns,
+        command=cmd,
+        stderr=True,
+        stdout=True,
+        stdin=False,
+        tty=False,
         _preload_content=False,
     )
     resp.run_forever(timeout=60)
@@ -105,16 +111,25 @@ def test_relay_image_logs_in_and_takes_relay_settings(kube, settings, namespace)
     secret = "relay-state"
     core.create_namespaced_secret(namespace, kube.V1Secret(metadata=kube.V1ObjectMeta(name=secret)))
     core.create_namespaced_service_account(namespace, kube.V1ServiceAccount(metadata=kube.V1ObjectMeta(name="relay")))
-    rbac.create_namespaced_role(namespace, kube.V1Role(
-        metadata=kube.V1ObjectMeta(name="relay"),
-        rules=[kube.V1PolicyRule(api_groups=[""], resources=["secrets"], resource_names=[secret],
-                                 verbs=["get", "update", "patch"])],
-    ))
-    rbac.create_namespaced_role_binding(namespace, kube.V1RoleBinding(
-        metadata=kube.V1ObjectMeta(name="relay"),
-        role_ref=kube.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="relay"),
-        subjects=[kube.RbacV1Subject(kind="ServiceAccount", name="relay", namespace=namespace)],
-    ))
+    rbac.create_namespaced_role(
+        namespace,
+        kube.V1Role(
+            metadata=kube.V1ObjectMeta(name="relay"),
+            rules=[
+                kube.V1PolicyRule(
+                    api_groups=[""], resources=["secrets"], resource_names=[secret], verbs=["get", "update", "patch"]
+                )
+            ],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        kube.V1RoleBinding(
+            metadata=kube.V1ObjectMeta(name="relay"),
+            role_ref=kube.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="relay"),
+            subjects=[kube.RbacV1Subject(kind="ServiceAccount", name="relay", namespace=namespace)],
+        ),
+    )
     env = {
         "TS_AUTHKEY": settings["AUTHKEY"],
         "TS_EXTRA_ARGS": f"--login-server={settings['LOGIN_SERVER']}",
@@ -123,7 +138,9 @@ def test_relay_image_logs_in_and_takes_relay_settings(kube, settings, namespace)
         "TS_HOSTNAME": f"images-test-{namespace}",
     }
     container = _restricted_container(
-        kube, name="tailscale", image=settings["RELAY_IMAGE"],
+        kube,
+        name="tailscale",
+        image=settings["RELAY_IMAGE"],
         env=[kube.V1EnvVar(name=k, value=v) for k, v in env.items()],
     )
     core.create_namespaced_pod(namespace, _pod(kube, "relay", container, sa="relay"))
@@ -132,19 +149,33 @@ def test_relay_image_logs_in_and_takes_relay_settings(kube, settings, namespace)
         rc, out, _ = _exec(kube, namespace, "relay", ["tailscale", f"--socket={SOCKET}", "ip", "-4"])
         return out.strip() if rc == 0 and out.strip() else None
 
-    ip = wait_for(tailnet_ip, "a tailnet IPv4 address", 180, tolerate=(Exception,),
-                  explain=lambda: f"relay logs:\n{_logs(kube, namespace, 'relay')}")
+    ip = wait_for(
+        tailnet_ip,
+        "a tailnet IPv4 address",
+        180,
+        tolerate=(Exception,),
+        explain=lambda: f"relay logs:\n{_logs(kube, namespace, 'relay')}",
+    )
     assert ipaddress.ip_address(ip) in ipaddress.ip_network("100.64.0.0/10"), ip
 
-    rc, out, err = _exec(kube, namespace, "relay", [
-        "tailscale", f"--socket={SOCKET}", "set",
-        "--relay-server-port=61441", "--relay-server-static-endpoints=1.2.3.4:61441",
-    ])
+    rc, out, err = _exec(
+        kube,
+        namespace,
+        "relay",
+        [
+            "tailscale",
+            f"--socket={SOCKET}",
+            "set",
+            "--relay-server-port=61441",
+            "--relay-server-static-endpoints=1.2.3.4:61441",
+        ],
+    )
     assert rc == 0, f"tailscale set failed: {out}{err}"
     rc, out, err = _exec(kube, namespace, "relay", ["tailscale", f"--socket={SOCKET}", "get", "relay-server-port"])
     assert rc == 0 and out.strip() == "61441", f"get relay-server-port: rc={rc} {out!r} {err!r}"
-    rc, out, err = _exec(kube, namespace, "relay",
-                         ["tailscale", f"--socket={SOCKET}", "get", "relay-server-static-endpoints"])
+    rc, out, err = _exec(
+        kube, namespace, "relay", ["tailscale", f"--socket={SOCKET}", "get", "relay-server-static-endpoints"]
+    )
     assert rc == 0 and "1.2.3.4:61441" in out, f"get relay-server-static-endpoints: {out!r} {err!r}"
 
     # the node's identity went to the state Secret, not the (read-only) filesystem
@@ -160,10 +191,17 @@ def test_toolbox_image_has_shell_tools_and_kubectl(kube, settings, namespace):
         "touch $HOME/ok; echo toolbox-ok"
     )
     container = _restricted_container(
-        kube, name="hook", image=settings["TOOLBOX_IMAGE"], command=["/bin/sh", "-c", script],
+        kube,
+        name="hook",
+        image=settings["TOOLBOX_IMAGE"],
+        command=["/bin/sh", "-c", script],
     )
     core.create_namespaced_pod(namespace, _pod(kube, "hook", container))
-    phase = wait_for(lambda: core.read_namespaced_pod("hook", namespace).status.phase,
-                     "the hook pod to finish (seen: its phase)", 120, until=lambda p: p in ("Succeeded", "Failed"))
+    phase = wait_for(
+        lambda: core.read_namespaced_pod("hook", namespace).status.phase,
+        "the hook pod to finish (seen: its phase)",
+        120,
+        until=lambda p: p in ("Succeeded", "Failed"),
+    )
     logs = _logs(kube, namespace, "hook")
     assert phase == "Succeeded" and "toolbox-ok" in logs, logs

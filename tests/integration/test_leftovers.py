@@ -46,8 +46,13 @@ sys.stdin.read()
 
 def start_session(program: str = SESSION) -> tuple[subprocess.Popen, str]:
     """A test session running PROGRAM in another process, and what it printed (the namespace it made)."""
-    session = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True, env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+    session = subprocess.Popen(
+        [sys.executable, "-c", program],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+    )
     name = session.stdout.readline().strip()
     assert name, f"the other test session printed nothing (exit {session.poll()})"
     return session, name

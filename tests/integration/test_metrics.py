@@ -4,8 +4,10 @@ Prometheus, told by the chart's ServiceMonitor, selects the Services with its la
 port and GETs its path over the network. The test does the same from the rendered ServiceMonitor and the cluster's
 EndpointSlices (the Prometheus Operator's CRDs are not on the test cluster), reaching each pod address through the API
 server's proxy. While the LAN device pings the workload through the relay, tailscaled's user metrics must show it:
-tailscaled_peer_relay_forwarded_packets_total grows and tailscaled_peer_relay_endpoints{state="open"} counts the session.
+tailscaled_peer_relay_forwarded_packets_total grows and tailscaled_peer_relay_endpoints{state="open"} counts the
+session.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,10 +28,10 @@ VALUES = {"relay": {"port": PORT}, "metrics": {"enabled": True}}
 # the same release with its ServiceMonitor, rendered only: it names what Prometheus would scrape
 WITH_MONITOR = deep_merge(VALUES, {"metrics": {"serviceMonitor": {"enabled": True}}})
 # Prometheus' text format: name{label="value",...} value
-SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 # a tailscaled metric in a PromQL expression, with its label matchers
-SELECTOR = re.compile(r'\b(tailscaled_\w+)(?:\{([^}]*)\})?')
+SELECTOR = re.compile(r"\b(tailscaled_\w+)(?:\{([^}]*)\})?")
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
 
 
@@ -50,8 +52,13 @@ def total(samples: dict, name: str, **labels: str) -> float:
 
 def chart_expressions() -> list[str]:
     """Every PromQL expression the chart ships: the PrometheusRule's alerts and the Grafana dashboard's panels."""
-    rule = one(render(deep_merge(VALUES, {"metrics": {"prometheusRule": {"enabled": True}}}),
-                      args=("--api-versions", "monitoring.coreos.com/v1/PrometheusRule")), "PrometheusRule")
+    rule = one(
+        render(
+            deep_merge(VALUES, {"metrics": {"prometheusRule": {"enabled": True}}}),
+            args=("--api-versions", "monitoring.coreos.com/v1/PrometheusRule"),
+        ),
+        "PrometheusRule",
+    )
     alerts = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     panels = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
     return alerts + panels
@@ -68,8 +75,11 @@ def not_in_scrape(expressions: list[str], samples: dict) -> list[str]:
                 problems.append(f"{name} (in {expr!r})")
                 continue
             for key, value in LABEL.findall(matchers):
-                if key not in ("job", "namespace", "pod") and "$" not in value and \
-                        not any((key, value) in labels for labels in have):
+                if (
+                    key not in ("job", "namespace", "pod")
+                    and "$" not in value
+                    and not any((key, value) in labels for labels in have)
+                ):
                     problems.append(f'{name}{{{key}="{value}"}} (in {expr!r})')
     return problems
 
@@ -84,37 +94,47 @@ def scrape_targets(release, monitor: dict) -> list[tuple[str, int, str]]:
     for endpoint in monitor["spec"]["endpoints"]:
         for service in release.core.list_namespaced_service(release.namespace, label_selector=selector).items:
             slices = discovery.list_namespaced_endpoint_slice(
-                release.namespace, label_selector=f"kubernetes.io/service-name={service.metadata.name}").items
+                release.namespace, label_selector=f"kubernetes.io/service-name={service.metadata.name}"
+            ).items
             for endpoint_slice in slices:
                 for port in endpoint_slice.ports or []:
                     if port.name != endpoint["port"]:
                         continue
-                    targets += [(e.target_ref.name, port.port, endpoint["path"]) for e in endpoint_slice.endpoints
-                                if e.target_ref and e.target_ref.kind == "Pod"]
+                    targets += [
+                        (e.target_ref.name, port.port, endpoint["path"])
+                        for e in endpoint_slice.endpoints
+                        if e.target_ref and e.target_ref.kind == "Pod"
+                    ]
     return sorted(set(targets))
 
 
 def scrape(release, pod: str, port: int, path: str) -> dict:
-    text = release.core.connect_get_namespaced_pod_proxy_with_path(f"{pod}:{port}", release.namespace,
-                                                                   path.lstrip("/"))
+    text = release.core.connect_get_namespaced_pod_proxy_with_path(f"{pod}:{port}", release.namespace, path.lstrip("/"))
     return parse_metrics(text)
 
 
 def test_the_relay_metrics_count_what_the_relay_forwards_and_carry_the_alerts_and_dashboard(tailnet, release):
     release.install(VALUES)
-    monitor = one(render(deep_merge(cluster_values(), WITH_MONITOR),
-                         args=("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")), "ServiceMonitor")
+    monitor = one(
+        render(
+            deep_merge(cluster_values(), WITH_MONITOR),
+            args=("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"),
+        ),
+        "ServiceMonitor",
+    )
     targets = scrape_targets(release, monitor)
-    assert [t[0] for t in targets] == [release.pod(0)], \
+    assert [t[0] for t in targets] == [release.pod(0)], (
         f"the ServiceMonitor's port {monitor['spec']['endpoints'][0]['port']!r} should reach the relay pod: {targets}"
-    (pod, port, path), = targets
+    )
+    ((pod, port, path),) = targets
 
     endpoints = release.service_endpoints(0, PORT)
     tailnet.ping_until(relayed(endpoints), 180, f"the relay at {sorted(endpoints)}", relay_side(release))
     before = scrape(release, pod, port, path)
-    assert total(before, "tailscaled_peer_relay_endpoints", state="open") >= 1, \
-        f"the relay serves the LAN device's session, but its endpoints gauge says otherwise: " \
+    assert total(before, "tailscaled_peer_relay_endpoints", state="open") >= 1, (
+        f"the relay serves the LAN device's session, but its endpoints gauge says otherwise: "
         f"{ {k: v for k, v in before.items() if k[0] == 'tailscaled_peer_relay_endpoints'} }"
+    )
 
     echoes = 50
     answered = tailnet.icmp_echo(tailnet.workload_ip(), echoes)
@@ -126,9 +146,11 @@ def test_the_relay_metrics_count_what_the_relay_forwards_and_carry_the_alerts_an
     # each echo and its reply cross the relay once each way
     assert grown >= 2 * len(answered), (
         f"{name} grew by {grown} while {len(answered)} echoes and replies went through the relay: "
-        f"{ {k: v for k, v in after.items() if k[0] == name} }")
-    assert total(after, "tailscaled_peer_relay_forwarded_bytes_total") > \
-        total(before, "tailscaled_peer_relay_forwarded_bytes_total")
+        f"{ {k: v for k, v in after.items() if k[0] == name} }"
+    )
+    assert total(after, "tailscaled_peer_relay_forwarded_bytes_total") > total(
+        before, "tailscaled_peer_relay_forwarded_bytes_total"
+    )
 
     # The alerts and the dashboard use only what the relay really serves.
     missing = not_in_scrape(chart_expressions(), after)

@@ -6,6 +6,7 @@ LAN device and the workload run with TS_NO_LOGS_NO_SUPPORT=true (scripts/images/
 tailscaled's logtail posts to log.tailscale.com from its first seconds and, when DNS for it fails, asks Tailscale's
 DERP servers by their public addresses (net/dnsfallback: `bootstrapDNS("derp3.tailscale.com", "68.183.179.66") …`).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -44,20 +45,29 @@ def public_addresses(line: str) -> list[str]:
 
 def outside_dials(log: str) -> list[str]:
     """The lines of LOG that name a *.tailscale.com host, bootstrap DNS or a public address."""
-    return [line for line in log.splitlines()
-            if TAILSCALE_NAME.search(line) or BOOTSTRAP_DNS.search(line) or public_addresses(line)]
+    return [
+        line
+        for line in log.splitlines()
+        if TAILSCALE_NAME.search(line) or BOOTSTRAP_DNS.search(line) or public_addresses(line)
+    ]
 
 
-@pytest.mark.parametrize("line, dials", [
-    ('logtail: upload: log upload of 4234 bytes compressed failed: Post "https://log.tailscale.com/c/tailnode.log.'
-     'tailscale.io/8c5a": dial tcp: lookup log.tailscale.com on 10.96.0.10:53: no such host', True),
-    ('trying bootstrapDNS("derp3.tailscale.com", "68.183.179.66") for "log.tailscale.com" ...', True),
-    ('bootstrapDNS("derp4e.tailscale.com", "2a03:b0c0:3:d0::29:9001") for "log.tailscale.com" error: …', True),
-    ("netcheck: dial 8.8.8.8:53", True),
-    ("magicsock: endpoints changed: 172.18.0.5:41641 (stun), [fc00:f853:ccd:e793::5]:41641 (local)", False),
-    ("2026/12/01 09:15:37 peerapi: serving on http://100.64.0.3:33097 and http://[fd7a:115c:a1e0::3]:33097", False),
-    ("Program starting: v1.104.7-t1a2b3c4d5, Go 1.27.4: tailscale.com/cmd/tailscaled", False),
-])
+@pytest.mark.parametrize(
+    "line, dials",
+    [
+        (
+            'logtail: upload: log upload of 4234 bytes compressed failed: Post "https://log.tailscale.com/c/tailnode.log.'
+            'tailscale.io/8c5a": dial tcp: lookup log.tailscale.com on 10.96.0.10:53: no such host',
+            True,
+        ),
+        ('trying bootstrapDNS("derp3.tailscale.com", "68.183.179.66") for "log.tailscale.com" ...', True),
+        ('bootstrapDNS("derp4e.tailscale.com", "2a03:b0c0:3:d0::29:9001") for "log.tailscale.com" error: …', True),
+        ("netcheck: dial 8.8.8.8:53", True),
+        ("magicsock: endpoints changed: 172.18.0.5:41641 (stun), [fc00:f853:ccd:e793::5]:41641 (local)", False),
+        ("2026/12/01 09:15:37 peerapi: serving on http://100.64.0.3:33097 and http://[fd7a:115c:a1e0::3]:33097", False),
+        ("Program starting: v1.104.7-t1a2b3c4d5, Go 1.27.4: tailscale.com/cmd/tailscaled", False),
+    ],
+)
 def test_the_log_check_knows_a_dial_out_when_it_sees_one(line, dials):
     assert bool(outside_dials(line)) is dials
 
@@ -71,14 +81,15 @@ def pod_log(core, namespace: str, label_selector: str, container: str) -> str:
 def test_no_tailscaled_of_the_test_cluster_tries_to_reach_the_internet(release, core):
     release.install()
     started = release.wait_pod_ready(release.pod(0)).status.start_time
-    running = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    running = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
     time.sleep(max(0.0, RUNNING_FOR - running))
 
     net = Tailnet()
     logs = {
         "the relay": pod_log(core, release.namespace, "app.kubernetes.io/component=relay", "tailscale"),
-        f"the LAN device {net.lan}": subprocess.run(["docker", "logs", net.lan], stdout=subprocess.PIPE,
-                                                    stderr=subprocess.STDOUT, text=True, timeout=60).stdout,
+        f"the LAN device {net.lan}": subprocess.run(
+            ["docker", "logs", net.lan], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60
+        ).stdout,
         f"the workload {net.workload}": pod_log(core, net.workload_namespace, "app=workload", "tailscale"),
     }
     for who, log in logs.items():

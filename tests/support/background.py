@@ -1,6 +1,7 @@
 """Steps that scripts run in the background and describe in a JSON state file (scripts/lib/background.sh): Flux and
 Argo CD (scripts/images/gitops, started by scripts/cluster up) and the tools only a few tests need
 (scripts/install-tools start-later, started by scripts/setup). The tests that need one wait on its state."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,11 @@ def background_state(path: Path) -> dict:
         except OSError:
             alive = False
         if not alive:
-            state = {**state, "state": "failed", "detail": f"its process {pid} is gone (killed?) while: {state['detail']}"}
+            state = {
+                **state,
+                "state": "failed",
+                "detail": f"its process {pid} is gone (killed?) while: {state['detail']}",
+            }
     return state
 
 
@@ -48,16 +53,23 @@ def wait_for_background(path: Path, script: str, what: str, timeout: float = BAC
         state = json.loads(path.read_text()) if path.exists() else {}
         return f"the end of its log ({state.get('log', '?')}):\n{log_tail(state['log'])}" if "log" in state else ""
 
-    state = wait_for(lambda: background_state(path), f"{script} to {what} (state {path})", timeout,
-                     until=lambda seen: seen.get("state") != "running", interval=5,
-                     tolerate=(FileNotFoundError, json.JSONDecodeError), explain=explain)
+    state = wait_for(
+        lambda: background_state(path),
+        f"{script} to {what} (state {path})",
+        timeout,
+        until=lambda seen: seen.get("state") != "running",
+        interval=5,
+        tolerate=(FileNotFoundError, json.JSONDecodeError),
+        explain=explain,
+    )
     if state.get("state") != "ready":
         pytest.fail(f"{script} did not {what}: it says {state.get('state')}: {state.get('detail')}\n{explain()}")
     return state
 
 
-def wait_for_later_tools(name: str | None = None, path: Path = LATER_TOOLS_STATE,
-                         timeout: float = BACKGROUND_TIMEOUT) -> None:
+def wait_for_later_tools(
+    name: str | None = None, path: Path = LATER_TOOLS_STATE, timeout: float = BACKGROUND_TIMEOUT
+) -> None:
     """Waits for scripts/install-tools' background build of the later tools when it builds NAME (any of them when
     NAME is None). Returns at once when there is no such build: a setup that built every tool in the foreground."""
     if not path.exists():

@@ -1,5 +1,6 @@
 """The test cluster (scripts/cluster): whether this run must have it, and the values that point the chart at its
 images, key and control server, layered over a test variant by one rule."""
+
 from __future__ import annotations
 
 import os
@@ -63,13 +64,16 @@ def cluster_values() -> dict:
         unavailable(f"{', '.join(missing)} unset")
     relay_repo, relay_tag = os.environ["RELAY_IMAGE"].rsplit(":", 1)
     agent_repo, agent_tag = os.environ["AGENT_IMAGE"].rsplit(":", 1)
-    return deep_merge(yaml.safe_load(TEST_CLUSTER_VALUES.read_text()), {
-        "image": {"repository": relay_repo, "tag": relay_tag},
-        "agent": {"image": {"repository": agent_repo, "tag": agent_tag}},
-        "hook": {"timeoutSeconds": 120},
-        "auth": {"authKey": os.environ["AUTHKEY"]},
-        "tailscale": {"loginServer": os.environ["LOGIN_SERVER"]},
-    })
+    return deep_merge(
+        yaml.safe_load(TEST_CLUSTER_VALUES.read_text()),
+        {
+            "image": {"repository": relay_repo, "tag": relay_tag},
+            "agent": {"image": {"repository": agent_repo, "tag": agent_tag}},
+            "hook": {"timeoutSeconds": 120},
+            "auth": {"authKey": os.environ["AUTHKEY"]},
+            "tailscale": {"loginServer": os.environ["LOGIN_SERVER"]},
+        },
+    )
 
 
 def overlay() -> dict:
@@ -84,8 +88,9 @@ def _pruned(values: dict, remove: dict) -> dict:
     for key, value in values.items():
         if key in remove and remove[key] is None:
             continue
-        kept[key] = _pruned(value, remove[key]) if isinstance(value, dict) and isinstance(remove.get(key), dict) \
-            else value
+        kept[key] = (
+            _pruned(value, remove[key]) if isinstance(value, dict) and isinstance(remove.get(key), dict) else value
+        )
     return kept
 
 
@@ -114,8 +119,12 @@ def worker_node() -> str:
 def in_control_plane(*command: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """kubectl COMMAND as the cluster's admin, run on the control-plane node (its kubectl: this host need not have
     one)."""
-    return subprocess.run(["docker", "exec", control_plane_node(), "kubectl", "--kubeconfig",
-                           "/etc/kubernetes/admin.conf", *command], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["docker", "exec", control_plane_node(), "kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf", *command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def pod_network_routes(family: int) -> str:
@@ -125,11 +134,20 @@ def pod_network_routes(family: int) -> str:
     lines = []
     for node in (control_plane_node(), worker_node()):
         shown = subprocess.run(
-            ["docker", "exec", node, "sh", "-c",
-             f"ip -{family} route show | grep -v '^fe80'; echo '-- neighbours on eth0:'; "
-             f"ip -{family} neigh show dev eth0; echo '-- forwarding rules:'; "
-             f"{'ip6tables' if family == 6 else 'iptables'} -S FORWARD"],
-            capture_output=True, text=True, timeout=30)
+            [
+                "docker",
+                "exec",
+                node,
+                "sh",
+                "-c",
+                f"ip -{family} route show | grep -v '^fe80'; echo '-- neighbours on eth0:'; "
+                f"ip -{family} neigh show dev eth0; echo '-- forwarding rules:'; "
+                f"{'ip6tables' if family == 6 else 'iptables'} -S FORWARD",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         lines += [f"{node}:", (shown.stdout + shown.stderr).rstrip()]
     return "\n".join(lines)
 
@@ -139,8 +157,9 @@ def cordon(node: str) -> None:
     annotations), so that the next session uncordons it when this one is killed before it could."""
     from support.namespaces import session_labels
 
-    marked = in_control_plane("annotate", "--overwrite", "node", node,
-                              *(f"{key}={value}" for key, value in session_labels().items()))
+    marked = in_control_plane(
+        "annotate", "--overwrite", "node", node, *(f"{key}={value}" for key, value in session_labels().items())
+    )
     assert marked.returncode == 0, f"could not annotate node {node}: {marked.stderr}"
     result = in_control_plane("cordon", node)
     assert result.returncode == 0, f"kubectl cordon {node} failed: {result.stderr}"
@@ -165,8 +184,9 @@ def uncordon(node: str) -> None:
     result = in_control_plane("uncordon", node)
     assert result.returncode == 0, f"kubectl uncordon {node} failed: {result.stderr}"
     unmarked = in_control_plane("annotate", "node", node, f"{SESSION_LABEL}-", f"{HOST_LABEL}-")
-    assert unmarked.returncode == 0, f"could not remove the test session's annotations from node {node}: " \
-        f"{unmarked.stderr}"
+    assert unmarked.returncode == 0, (
+        f"could not remove the test session's annotations from node {node}: {unmarked.stderr}"
+    )
 
 
 def stop_node(node: str) -> None:
@@ -184,14 +204,21 @@ def start_node(node: str) -> None:
 def stop_api_server() -> None:
     """Stops the API server's static pod container on the control-plane node, as a control-plane upgrade restarts it;
     the kubelet starts it again."""
-    stopped = subprocess.run(["docker", "exec", control_plane_node(), "sh", "-c",
-                              "crictl stop $(crictl ps -q --name kube-apiserver)"],
-                             capture_output=True, text=True, timeout=120)
+    stopped = subprocess.run(
+        ["docker", "exec", control_plane_node(), "sh", "-c", "crictl stop $(crictl ps -q --name kube-apiserver)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert stopped.returncode == 0, f"could not stop the API server: {stopped.stderr}"
 
 
 def wait_for_gitops(timeout: float = BACKGROUND_TIMEOUT) -> dict:
     """Waits until scripts/images/gitops, which scripts/cluster up runs in the background, has built and deployed Flux
     and Argo CD (its state file, GITOPS_STATE); fails at once when it failed, with the end of its log."""
-    return wait_for_background(Path(setting("GITOPS_STATE")), "scripts/images/gitops",
-                               "build and deploy Flux and Argo CD (run in the background by scripts/cluster up)", timeout)
+    return wait_for_background(
+        Path(setting("GITOPS_STATE")),
+        "scripts/images/gitops",
+        "build and deploy Flux and Argo CD (run in the background by scripts/cluster up)",
+        timeout,
+    )

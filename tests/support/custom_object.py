@@ -1,13 +1,13 @@
 """One namespaced custom object by API version, plural and name: Flux's HelmRelease and OCIRepository, Argo CD's
 Application. What the GitOps tests do with them: create or update the spec, read the status, delete, and see it gone."""
+
 from __future__ import annotations
 
 from kubernetes import client
 
 
 class CustomObject:
-    def __init__(self, kube_api: client.ApiClient, api_version: str, kind: str, plural: str, namespace: str,
-                 name: str):
+    def __init__(self, kube_api: client.ApiClient, api_version: str, kind: str, plural: str, namespace: str, name: str):
         self.api = client.CustomObjectsApi(kube_api)
         self.api_version, self.kind, self.name = api_version, kind, name
         group, version = api_version.split("/")
@@ -46,9 +46,15 @@ class CustomObject:
         except client.ApiException as error:
             if error.status != 404:
                 raise
-            self.api.create_namespaced_custom_object(*self.path, {
-                "apiVersion": self.api_version, "kind": self.kind,
-                "metadata": {"name": self.name, **(metadata or {})}, "spec": spec})
+            self.api.create_namespaced_custom_object(
+                *self.path,
+                {
+                    "apiVersion": self.api_version,
+                    "kind": self.kind,
+                    "metadata": {"name": self.name, **(metadata or {})},
+                    "spec": spec,
+                },
+            )
             return
         current["spec"] = spec
         self.api.replace_namespaced_custom_object(*self.path, self.name, current)

@@ -1,4 +1,5 @@
 """The real helm binary (Helm 4 by default, Helm 3 on request), with values passed as a file."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,13 @@ def run_helm(*args: str, values: dict | None = None, helm: str = HELM, timeout: 
         path = handle.name
         command += ["--values", path]
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "HELM_CACHE_HOME": tempfile.gettempdir() + "/helm-cache"})
+        return subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "HELM_CACHE_HOME": tempfile.gettempdir() + "/helm-cache"},
+        )
     finally:
         if path:
             os.unlink(path)

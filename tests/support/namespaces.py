@@ -94,8 +94,9 @@ def delete_cluster_scoped_objects_of(api, namespace: str):
 
     admission = client.AdmissionregistrationV1Api(api)
     for list_objects, delete in (
-            (admission.list_validating_admission_policy_binding, admission.delete_validating_admission_policy_binding),
-            (admission.list_validating_admission_policy, admission.delete_validating_admission_policy)):
+        (admission.list_validating_admission_policy_binding, admission.delete_validating_admission_policy_binding),
+        (admission.list_validating_admission_policy, admission.delete_validating_admission_policy),
+    ):
         for item in list_objects().items:
             if (item.metadata.annotations or {}).get("meta.helm.sh/release-namespace") == namespace:
                 delete(item.metadata.name)
@@ -115,14 +116,19 @@ def remove_namespace(core, name: str):
     # Nothing of a test may run on into the next (a relay still terminating would serve its path too): wait until
     # the namespace's pods are gone. The namespace object itself goes some seconds later (the namespace controller
     # requeues its cleanup: about 10 s here, which 60-odd tests would pay again each).
-    wait_for(lambda: [f"{p.metadata.name} {p.status.phase}" for p in core.list_namespaced_pod(name).items],
-             f"the pods of namespace {name} to be gone (seen: the pods left)", 300, until=lambda left: not left)
+    wait_for(
+        lambda: [f"{p.metadata.name} {p.status.phase}" for p in core.list_namespaced_pod(name).items],
+        f"the pods of namespace {name} to be gone (seen: the pods left)",
+        300,
+        until=lambda left: not left,
+    )
 
 
 def uncordon_node(core, name: str) -> None:
     """Makes node NAME schedulable again, as `kubectl uncordon` does, and drops the cordoning session's marks."""
-    core.patch_node(name, {"spec": {"unschedulable": False},
-                           "metadata": {"annotations": {SESSION_LABEL: None, HOST_LABEL: None}}})
+    core.patch_node(
+        name, {"spec": {"unschedulable": False}, "metadata": {"annotations": {SESSION_LABEL: None, HOST_LABEL: None}}}
+    )
 
 
 def remove_leftovers(core) -> list[str]:

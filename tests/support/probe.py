@@ -14,6 +14,7 @@ round trip says so (a round trip alone is not enough: on a busy machine a relaye
 An echo is relayed when the LAN device sent it through a peer relay and no way went through DERP. The result reads
 as a timeline (people) and as JSON (code, the benchmark's results).
 """
+
 from __future__ import annotations
 
 import re
@@ -60,7 +61,7 @@ class Echo:
 
     @property
     def route(self) -> str:
-        """"lost", "derp" (both ways), "derp-one-way", or, with no way through DERP, the LAN device's path
+        """ "lost", "derp" (both ways), "derp-one-way", or, with no way through DERP, the LAN device's path
         ("peer-relay", "direct")."""
         if self.rtt_ms is None:
             return "lost"
@@ -103,8 +104,14 @@ def sample_at(samples: list[PathSample], at: float) -> PathSample:
     return current[-1] if current else (samples[0] if samples else NOTHING_YET)
 
 
-def echoes(ping_output: str, started: float, interval: float, paths: list[PathSample],
-           back_paths: list[PathSample], derp_leg_ms: float) -> list[Echo]:
+def echoes(
+    ping_output: str,
+    started: float,
+    interval: float,
+    paths: list[PathSample],
+    back_paths: list[PathSample],
+    derp_leg_ms: float,
+) -> list[Echo]:
     """Every echo ping sent (replied or lost), with the paths both ways in effect when it was sent (PATHS the LAN
     device's, BACK_PATHS the workload's) and how many ways went through DERP (DERP_LEG_MS: derp_legs): ping sends
     echo N at STARTED + (N-1) * INTERVAL."""
@@ -122,8 +129,18 @@ def echoes(ping_output: str, started: float, interval: float, paths: list[PathSa
         at = started + (seq - 1) * interval
         out_, back = sample_at(paths, at), sample_at(back_paths, at)
         rtt = replies.get(seq)
-        out.append(Echo(seq, round(at - started, 3), rtt, out_.path, out_.via, back.path, back.via,
-                        derp_legs(rtt, derp_leg_ms, out_.path, back.path)))
+        out.append(
+            Echo(
+                seq,
+                round(at - started, 3),
+                rtt,
+                out_.path,
+                out_.via,
+                back.path,
+                back.via,
+                derp_legs(rtt, derp_leg_ms, out_.path, back.path),
+            )
+        )
     return out
 
 
@@ -133,11 +150,15 @@ def summarize(run: list[Echo], interval: float) -> dict:
     lost = [e.seq for e in run if e.rtt_ms is None]
     off = [e for e in run if not e.relayed]
     one_way = [e for e in run if e.derp_legs == 1]
-    return {"sent": len(run), "lost": len(lost), "lost_seqs": lost,
-            "seconds_off_relay": round(len(off) * interval, 1),
-            "seconds_derp_one_way": round(len(one_way) * interval, 1),
-            "relays": sorted({e.relay_endpoint for e in run if e.relay_endpoint}),
-            "last_path": run[-1].route if run else "none"}
+    return {
+        "sent": len(run),
+        "lost": len(lost),
+        "lost_seqs": lost,
+        "seconds_off_relay": round(len(off) * interval, 1),
+        "seconds_derp_one_way": round(len(one_way) * interval, 1),
+        "relays": sorted({e.relay_endpoint for e in run if e.relay_endpoint}),
+        "last_path": run[-1].route if run else "none",
+    }
 
 
 def timeline(run: list[Echo]) -> str:
@@ -155,8 +176,11 @@ def timeline(run: list[Echo]) -> str:
         rtts = sorted(e.rtt_ms for e in stretch if e.rtt_ms is not None)
         median = f", median {rtts[len(rtts) // 2]:.2f} ms" if rtts else ""
         back = f"back: {back}" if back else ""
-        lines.append(f"{stretch[0].sent_s:7.1f} s to {stretch[-1].sent_s:7.1f} s  {what:<12} {via:<40} {back:<16} "
-                     f"{len(stretch):4d} echoes{median}")
+        lines.append(
+            f"{stretch[0].sent_s:7.1f} s to {stretch[-1].sent_s:7.1f} s  {what:<12} {via:<40} {back:<16} "
+            f"{len(stretch):4d} echoes{median}"
+        )
+
     for echo in run:
         if stretch and key(echo) != key(stretch[0]):
             flush()
@@ -197,16 +221,37 @@ class PathProbe:
     def __enter__(self) -> PathProbe:
         ip = self.net.workload_ip()
         lan_key = self.net.lan_peer()[1]["Self"]["PublicKey"]
-        self._pollers = [threading.Thread(target=self._poll, args=(lambda: self.net.lan_peer(timeout=10)[0],
-                                                                    self.paths), daemon=True),
-                         threading.Thread(target=self._poll, args=(lambda: self.net.workload_peer(lan_key),
-                                                                    self.back_paths), daemon=True)]
+        self._pollers = [
+            threading.Thread(
+                target=self._poll, args=(lambda: self.net.lan_peer(timeout=10)[0], self.paths), daemon=True
+            ),
+            threading.Thread(
+                target=self._poll, args=(lambda: self.net.workload_peer(lan_key), self.back_paths), daemon=True
+            ),
+        ]
         for poller in self._pollers:
             poller.start()
         self.started = time.time()
         self._lines: list[str] = []
-        self._ping = subprocess.Popen(["nsenter", "-t", self.net.lan_pid(), "-n", "ping", "-n", "-D", "-O", "-W", "1",
-                                       "-i", f"{self.interval:g}", ip], stdout=subprocess.PIPE, text=True)
+        self._ping = subprocess.Popen(
+            [
+                "nsenter",
+                "-t",
+                self.net.lan_pid(),
+                "-n",
+                "ping",
+                "-n",
+                "-D",
+                "-O",
+                "-W",
+                "1",
+                "-i",
+                f"{self.interval:g}",
+                ip,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
@@ -220,9 +265,13 @@ class PathProbe:
         for poller in self._pollers:
             poller.join(timeout=30)
         # the echoes still in flight when ping stopped were cut off, not lost
-        self.echoes = [e for e in echoes("".join(self._lines), self.started, self.interval, self.paths,
-                                         self.back_paths, self.derp_leg_ms)
-                       if e.rtt_ms is not None or e.sent_s < stopped - self.started - IN_FLIGHT]
+        self.echoes = [
+            e
+            for e in echoes(
+                "".join(self._lines), self.started, self.interval, self.paths, self.back_paths, self.derp_leg_ms
+            )
+            if e.rtt_ms is not None or e.sent_s < stopped - self.started - IN_FLIGHT
+        ]
 
     def current_path(self) -> tuple[PathSample | None, PathSample | None]:
         """The paths both ways now (the latest polls: the LAN device's, the workload's), while the probe runs."""
@@ -236,9 +285,18 @@ class PathProbe:
         or not, and the reply may come back via DERP. Without SINCE, echoes answered before a relay stopped would
         count: a pod is gone a moment after its relay stopped answering."""
         after = -1.0 if since is None else since - self.started
-        due = [e for e in echoes("".join(self._lines), self.started, self.interval, list(self.paths),
-                                 list(self.back_paths), self.derp_leg_ms)
-               if after <= e.sent_s < time.time() - self.started - IN_FLIGHT][-count:]
+        due = [
+            e
+            for e in echoes(
+                "".join(self._lines),
+                self.started,
+                self.interval,
+                list(self.paths),
+                list(self.back_paths),
+                self.derp_leg_ms,
+            )
+            if after <= e.sent_s < time.time() - self.started - IN_FLIGHT
+        ][-count:]
         return len(due) == count and all(e.relayed and e.relay_endpoint in endpoints for e in due)
 
     def summary(self) -> dict:
@@ -248,5 +306,9 @@ class PathProbe:
         return timeline(self.echoes)
 
     def to_json(self) -> dict:
-        return {"interval_s": self.interval, "derp_leg_ms": self.derp_leg_ms, "summary": self.summary(),
-                "echoes": [asdict(e) for e in self.echoes]}
+        return {
+            "interval_s": self.interval,
+            "derp_leg_ms": self.derp_leg_ms,
+            "summary": self.summary(),
+            "echoes": [asdict(e) for e in self.echoes],
+        }

@@ -1,4 +1,5 @@
 """Installs the chart into a test namespace with the cluster's images, and reads relays back."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,13 +21,22 @@ from support.repo import CHART, HELM
 from support.values import deep_merge, endpoint
 from support.wait import wait_for
 
+
 class Release:
     """One Helm release of the chart in one namespace. CHART is what helm installs (the chart directory, a package,
     oci://…, repo/name), HELM_BINARY which helm (Helm 4 by default; .tools/bin/helm3 for Helm 3) and BASE_VALUES()
     the values every call's go over (cluster_values)."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, name: str = "relay", chart: str = str(CHART),
-                 helm_binary: str = HELM, chart_args: tuple[str, ...] = (), base_values=cluster_values):
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str = "relay",
+        chart: str = str(CHART),
+        helm_binary: str = HELM,
+        chart_args: tuple[str, ...] = (),
+        base_values=cluster_values,
+    ):
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
@@ -42,8 +52,9 @@ class Release:
         # them in its own words)
         self.base_values = base_values
 
-    def helm(self, *args: str, values: dict | None = None, check: bool = True,
-             timeout: int = 600) -> subprocess.CompletedProcess:
+    def helm(
+        self, *args: str, values: dict | None = None, check: bool = True, timeout: int = 600
+    ) -> subprocess.CompletedProcess:
         """Runs helm in the release's namespace; VALUES are merged over the cluster's images and credentials."""
         merged = deep_merge(self.base_values(), values) if values is not None else None
         result = run_helm(*args, "--namespace", self.namespace, values=merged, timeout=timeout, helm=self.helm_binary)
@@ -52,12 +63,30 @@ class Release:
         return result
 
     def install(self, values: dict | None = None, check: bool = True, wait: bool = True, timeout: str = "5m"):
-        return self.helm("install", self.name, self.chart, *self.chart_args, "--timeout", timeout,
-                         *(["--wait"] if wait else []), values=values or {}, check=check)
+        return self.helm(
+            "install",
+            self.name,
+            self.chart,
+            *self.chart_args,
+            "--timeout",
+            timeout,
+            *(["--wait"] if wait else []),
+            values=values or {},
+            check=check,
+        )
 
     def upgrade(self, values: dict | None = None, check: bool = True):
-        return self.helm("upgrade", self.name, self.chart, *self.chart_args, "--wait", "--timeout", "5m",
-                         values=values or {}, check=check)
+        return self.helm(
+            "upgrade",
+            self.name,
+            self.chart,
+            *self.chart_args,
+            "--wait",
+            "--timeout",
+            "5m",
+            values=values or {},
+            check=check,
+        )
 
     def rollback(self, revision: int):
         return self.helm("rollback", self.name, str(revision), "--wait", "--timeout", "5m")
@@ -75,8 +104,18 @@ class Release:
         return self.names.pod(index)
 
     def exec(self, pod: str, command: list[str], container: str = "tailscale") -> str:
-        return stream(self.core.connect_get_namespaced_pod_exec, pod, self.namespace, container=container,
-                      command=command, stderr=True, stdin=False, stdout=True, tty=False, _preload_content=True)
+        return stream(
+            self.core.connect_get_namespaced_pod_exec,
+            pod,
+            self.namespace,
+            container=container,
+            command=command,
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+            _preload_content=True,
+        )
 
     def tailscale(self, pod: str, *args: str) -> str:
         return self.exec(pod, ["tailscale", f"--socket={self.names.socket}", *args]).strip()
@@ -106,8 +145,12 @@ class Release:
 
     def free_pool_address(self, ip: str) -> str:
         """An address of IP's family after it in the MetalLB pool that no Service uses."""
-        used = {i.ip for s in self.core.list_service_for_all_namespaces().items
-                for i in (s.status.load_balancer.ingress or []) if i.ip}
+        used = {
+            i.ip
+            for s in self.core.list_service_for_all_namespaces().items
+            for i in (s.status.load_balancer.ingress or [])
+            if i.ip
+        }
         candidate = ipaddress.ip_address(ip)
         for _ in range(40):
             candidate += 1
@@ -133,18 +176,28 @@ class Release:
         return ("Ready" if ready == "True" else "not Ready"), found.metadata.uid
 
     def wait_pod_ready(self, pod: str, timeout: int = 180) -> client.V1Pod:
-        wait_for(lambda: self.pod_condition(pod), f"relay pod {pod} to be Ready (seen: its state and uid)", timeout,
-                 until=lambda seen: seen[0] == "Ready", explain=self.describe)
+        wait_for(
+            lambda: self.pod_condition(pod),
+            f"relay pod {pod} to be Ready (seen: its state and uid)",
+            timeout,
+            until=lambda seen: seen[0] == "Ready",
+            explain=self.describe,
+        )
         return self.core.read_namespaced_pod(pod, self.namespace)
 
     def wait_ready_since(self, pod: str, since: datetime.datetime, timeout: int = 300) -> client.V1Pod:
         """Waits until POD turned Ready after SINCE (UTC): after its node came back, the API shows the Ready condition
         from before the node went away until the kubelet has restarted the pod's containers and probed them."""
         since = since.replace(microsecond=0)
-        wait_for(lambda: self.readiness(pod)[:2], f"relay pod {pod} to turn Ready after {since.isoformat()} (seen: its "
-                 "Ready condition and when it last changed)", timeout,
-                 until=lambda seen: seen[0] == "True" and seen[1] >= since,
-                 tolerate=(client.ApiException,), explain=self.describe)
+        wait_for(
+            lambda: self.readiness(pod)[:2],
+            f"relay pod {pod} to turn Ready after {since.isoformat()} (seen: its "
+            "Ready condition and when it last changed)",
+            timeout,
+            until=lambda seen: seen[0] == "True" and seen[1] >= since,
+            tolerate=(client.ApiException,),
+            explain=self.describe,
+        )
         return self.core.read_namespaced_pod(pod, self.namespace)
 
     def readiness(self, pod: str) -> tuple[str | None, datetime.datetime | None, str, int]:
@@ -157,13 +210,18 @@ class Release:
 
     def wait_replaced(self, pod: str, old_uid: str, timeout: int = 180) -> client.V1Pod:
         """Waits until POD is a new pod (not OLD_UID) and Ready: after a deletion the StatefulSet made the next one."""
-        wait_for(lambda: self.pod_condition(pod), f"relay pod {pod} to be replaced by a new pod that is Ready (seen: "
-                 "its state and uid)", timeout, until=lambda seen: seen[0] == "Ready" and seen[1] != old_uid,
-                 explain=self.describe)
+        wait_for(
+            lambda: self.pod_condition(pod),
+            f"relay pod {pod} to be replaced by a new pod that is Ready (seen: its state and uid)",
+            timeout,
+            until=lambda seen: seen[0] == "Ready" and seen[1] != old_uid,
+            explain=self.describe,
+        )
         return self.core.read_namespaced_pod(pod, self.namespace)
 
     def replace_pod(self, pod: str, timeout: int = 180) -> client.V1Pod:
-        """Deletes POD (a crash, an eviction, kubectl delete pod) and waits until the StatefulSet's next one is Ready."""
+        """Deletes POD (a crash, an eviction, kubectl delete pod) and waits until the StatefulSet's next one is
+        Ready."""
         old_uid = self.core.read_namespaced_pod(pod, self.namespace).metadata.uid
         self.core.delete_namespaced_pod(pod, self.namespace)
         return self.wait_replaced(pod, old_uid, timeout)
@@ -187,8 +245,9 @@ class Release:
     def agent_live_status(self, pod: str, port: int = 9003) -> dict:
         """What POD's agent says right now (its /status, through the API server's pod proxy): also while the agent
         cannot write its status ConfigMap."""
-        body = self.core.connect_get_namespaced_pod_proxy_with_path(f"{pod}:{port}", self.namespace, "status",
-                                                                   _preload_content=False)
+        body = self.core.connect_get_namespaced_pod_proxy_with_path(
+            f"{pod}:{port}", self.namespace, "status", _preload_content=False
+        )
         return json.loads(body.data)
 
     def agent_events(self, pod: str) -> list[tuple[str, str]]:
@@ -197,8 +256,12 @@ class Release:
         times."""
         events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={pod}").items
         events.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
-        return [(e.reason, e.message) for e in events if (e.source and e.source.component) == "relay-agent"
-                for _ in range(e.count or 1)]
+        return [
+            (e.reason, e.message)
+            for e in events
+            if (e.source and e.source.component) == "relay-agent"
+            for _ in range(e.count or 1)
+        ]
 
     def _on_node(self, pod: str, container: str, script: str) -> subprocess.CompletedProcess:
         """Runs SCRIPT with sh on the kind node of POD, with $CID set to CONTAINER's runtime id (crictl's): what an
@@ -206,8 +269,12 @@ class Release:
         found = self.core.read_namespaced_pod(pod, self.namespace)
         status = next(s for s in found.status.container_statuses if s.name == container)
         cid = status.container_id.split("://", 1)[1]
-        return subprocess.run(["docker", "exec", "-e", f"CID={cid}", found.spec.node_name, "sh", "-c", script],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            ["docker", "exec", "-e", f"CID={cid}", found.spec.node_name, "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def stop_container(self, pod: str, container: str) -> None:
         """Stops one container of POD on its node (as a crash would); the kubelet starts it again."""
@@ -216,8 +283,12 @@ class Release:
 
     def cut_connections(self, pod: str, container: str, address: str) -> str:
         """Closes every TCP connection of POD's network namespace to ADDRESS (ss -K), as a network change would."""
-        result = self._on_node(pod, container, 'nsenter -t "$(crictl inspect -o go-template --template '
-                                               f"'{{{{.info.pid}}}}' \"$CID\")\" -n ss -K dst {address}")
+        result = self._on_node(
+            pod,
+            container,
+            'nsenter -t "$(crictl inspect -o go-template --template '
+            f'\'{{{{.info.pid}}}}\' "$CID")" -n ss -K dst {address}',
+        )
         assert result.returncode == 0, f"ss -K dst {address} in {pod}: {result.stderr}"
         return result.stdout
 
@@ -255,15 +326,22 @@ class Release:
         (Other keys, such as device_fqdn and the preferences, change as the node runs.) A Secret whose data was
         wiped maps to empty strings."""
         secrets = self.core.list_namespaced_secret(self.namespace, label_selector="app.kubernetes.io/component=relay")
-        return {s.metadata.name: ((s.data or {}).get("_machinekey", ""), (s.data or {}).get("_current-profile", ""))
-                for s in secrets.items if self.names.is_state_secret(s.metadata.name)}
+        return {
+            s.metadata.name: ((s.data or {}).get("_machinekey", ""), (s.data or {}).get("_current-profile", ""))
+            for s in secrets.items
+            if self.names.is_state_secret(s.metadata.name)
+        }
 
     def hook_jobs_created_since(self, since) -> list[str]:
         """Hook Jobs the Job controller reported created after SINCE (an aware datetime), from the namespace's events:
         a succeeded hook Job is deleted at once, so listing Jobs cannot tell whether one ran."""
-        return [e.involved_object.name for e in self.core.list_namespaced_event(self.namespace).items
-                if e.involved_object.kind == "Job" and e.reason == "SuccessfulCreate"
-                and (e.last_timestamp or e.event_time or e.metadata.creation_timestamp) > since]
+        return [
+            e.involved_object.name
+            for e in self.core.list_namespaced_event(self.namespace).items
+            if e.involved_object.kind == "Job"
+            and e.reason == "SuccessfulCreate"
+            and (e.last_timestamp or e.event_time or e.metadata.creation_timestamp) > since
+        ]
 
     def hook_log(self) -> str:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector="app.kubernetes.io/component=hook").items
@@ -273,10 +351,15 @@ class Release:
         """Pod states and recent events, for failure messages."""
         lines = []
         for pod in self.core.list_namespaced_pod(self.namespace).items:
-            states = [(s.name, s.ready, s.state.waiting.reason if s.state.waiting else "") for s in pod.status.container_statuses or []]
+            states = [
+                (s.name, s.ready, s.state.waiting.reason if s.state.waiting else "")
+                for s in pod.status.container_statuses or []
+            ]
             lines.append(f"pod {pod.metadata.name}: {pod.status.phase} {states}")
         for event in self.core.list_namespaced_event(self.namespace).items[-15:]:
-            lines.append(f"event {event.involved_object.kind}/{event.involved_object.name}: {event.reason} {event.message}")
+            lines.append(
+                f"event {event.involved_object.kind}/{event.involved_object.name}: {event.reason} {event.message}"
+            )
         return "\n".join(lines)
 
     def udp_ports_bound(self, pod: str) -> set[int]:
@@ -284,15 +367,33 @@ class Release:
         name = f"udp-check-{int(time.time())}"
         hook_image = os.environ["TOOLBOX_IMAGE"]
         # it stops on SIGTERM: a plain `sleep` as its container's PID 1 would hold the pod for its grace period
-        debug = {"name": name, "image": hook_image, "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
-                 "imagePullPolicy": "IfNotPresent",
-                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                     "runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}}
-        self.core.patch_namespaced_pod_ephemeralcontainers(pod, self.namespace, {"spec": {"ephemeralContainers": [debug]}})
-        wait_for(lambda: [(s.name, s.state) for s in self.core.read_namespaced_pod(pod, self.namespace).status
-                          .ephemeral_container_statuses or [] if s.name == name],
-                 f"ephemeral container {name} in {pod} to run", 60, interval=1,
-                 until=lambda seen: any(state.running for _, state in seen))
+        debug = {
+            "name": name,
+            "image": hook_image,
+            "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
+            "imagePullPolicy": "IfNotPresent",
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+        }
+        self.core.patch_namespaced_pod_ephemeralcontainers(
+            pod, self.namespace, {"spec": {"ephemeralContainers": [debug]}}
+        )
+        wait_for(
+            lambda: [
+                (s.name, s.state)
+                for s in self.core.read_namespaced_pod(pod, self.namespace).status.ephemeral_container_statuses or []
+                if s.name == name
+            ],
+            f"ephemeral container {name} in {pod} to run",
+            60,
+            interval=1,
+            until=lambda seen: any(state.running for _, state in seen),
+        )
         table = self.exec(pod, ["cat", "/proc/net/udp", "/proc/net/udp6"], container=name)
         ports = set()
         for line in table.splitlines():

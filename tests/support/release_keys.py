@@ -1,5 +1,6 @@
 """Throw-away signing keys and a runner for scripts/release, shared by the release unit tests and the distribution
 integration tests."""
+
 from __future__ import annotations
 
 import gzip
@@ -18,8 +19,8 @@ RELEASE = REPO / "scripts" / "release"
 @dataclass
 class GpgKey:
     name: str
-    secret_keyring: Path   # legacy format, what `helm package --sign` reads
-    public_keyring: Path   # what `helm verify` / `helm pull --verify` read
+    secret_keyring: Path  # legacy format, what `helm package --sign` reads
+    public_keyring: Path  # what `helm verify` / `helm pull --verify` read
 
 
 def gpg_key(directory: Path, name: str = "Relay Chart Test <release-test@example.invalid>") -> GpgKey:
@@ -27,8 +28,9 @@ def gpg_key(directory: Path, name: str = "Relay Chart Test <release-test@example
     home = directory / "gnupg"
     home.mkdir(mode=0o700)
     gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
-    subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", name, "rsa2048", "sign", "never"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*gpg, "--passphrase", "", "--quick-gen-key", name, "rsa2048", "sign", "never"], check=True, capture_output=True
+    )
     secret, public = directory / "secring.gpg", directory / "pubring.gpg"
     secret.write_bytes(subprocess.run([*gpg, "--export-secret-keys", name], check=True, capture_output=True).stdout)
     public.write_bytes(subprocess.run([*gpg, "--export", name], check=True, capture_output=True).stdout)
@@ -39,8 +41,13 @@ def gpg_key(directory: Path, name: str = "Relay Chart Test <release-test@example
 def run_release(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
     """Runs scripts/release (with ENV added to the environment); returns the result and what it printed on stdout
     as KEY=VALUE."""
-    result = subprocess.run([str(RELEASE), *args], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "HELM_CACHE_HOME": "/tmp/helm-cache", **(env or {})})
+    result = subprocess.run(
+        [str(RELEASE), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HELM_CACHE_HOME": "/tmp/helm-cache", **(env or {})},
+    )
     made = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     return result, made
 

@@ -1,4 +1,5 @@
 """Where things are in this repository, and the versions it pins (scripts/versions.env)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ The LAN device is a docker container on the kind network behind a firewall that 
 MetalLB address ranges, so it reaches the workload via DERP or via a peer relay's LoadBalancer address, never
 directly. These helpers run the same commands a person would: `docker exec $LAN_CLIENT tailscale ping …`.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,16 @@ from support.wait import wait_for
 
 TAILNET_SCRIPT = str(REPO / "scripts" / "images" / "tailnet")
 # the workload's tailscaled socket, as its manifest sets it
-WORKLOAD_SOCKET = re.search(r"name: TS_SOCKET, value: ([^}\s]+)",
-                            (REPO / "scripts" / "images" / "workload.yaml").read_text())[1]
+WORKLOAD_SOCKET = re.search(
+    r"name: TS_SOCKET, value: ([^}\s]+)", (REPO / "scripts" / "images" / "workload.yaml").read_text()
+)[1]
 
 # cli/ping.go: "pong from workload (100.64.0.2, 41641) via DERP(headscale) in 3ms"
 #              "pong from workload (100.64.0.2) via peer-relay(172.18.255.193:61441:vni:1) in 1ms"
 #              "pong from workload (100.64.0.2, 41641) via 172.18.0.2:41641 in 1ms"
-PONG = re.compile(r"^pong from (?P<node>\S+) \((?P<ips>[^)]*)\) via (?P<via>\S+) in (?P<rtt>[\d.]+)(?P<unit>µs|us|ms|s)\s*$")
+PONG = re.compile(
+    r"^pong from (?P<node>\S+) \((?P<ips>[^)]*)\) via (?P<via>\S+) in (?P<rtt>[\d.]+)(?P<unit>µs|us|ms|s)\s*$"
+)
 UNIT_MS = {"µs": 0.001, "us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -82,8 +86,9 @@ def forget_offline_relays() -> list[str]:
         if "tag:relay" in (node.get("tags") or []) and not node.get("online"):
             result = run_headscale("nodes", "delete", "--identifier", str(node["id"]), "--force")
             # another test session may have just deleted it
-            assert result.returncode == 0 or "node not found" in result.stderr, \
+            assert result.returncode == 0 or "node not found" in result.stderr, (
                 f"headscale could not delete node {node['given_name']}: {result.stderr}"
+            )
             gone.append(node["given_name"])
     return gone
 
@@ -96,8 +101,10 @@ STUCK_RELAYS: set[str] = set()
 
 def relay_pods(core) -> list[str]:
     """Every relay pod in the cluster, as namespace/name."""
-    return [f"{p.metadata.namespace}/{p.metadata.name}" for p in core.list_pod_for_all_namespaces(
-        label_selector="app.kubernetes.io/component=relay").items]
+    return [
+        f"{p.metadata.namespace}/{p.metadata.name}"
+        for p in core.list_pod_for_all_namespaces(label_selector="app.kubernetes.io/component=relay").items
+    ]
 
 
 def wait_for_no_relays(core, timeout: int = 180):
@@ -105,11 +112,17 @@ def wait_for_no_relays(core, timeout: int = 180):
     would serve the path too). Fails at once when the only ones left are those an earlier wait timed out on."""
     left = relay_pods(core)
     if left and set(left) <= STUCK_RELAYS:
-        pytest.fail(f"relay pods an earlier test already waited {timeout}s for are still there: {left}; remove "
-                    "them (or their namespaces) by hand")
+        pytest.fail(
+            f"relay pods an earlier test already waited {timeout}s for are still there: {left}; remove "
+            "them (or their namespaces) by hand"
+        )
     try:
-        wait_for(lambda: relay_pods(core), "the relays of earlier tests to be gone (seen: relay pods left)", timeout,
-                 until=lambda pods: not pods)
+        wait_for(
+            lambda: relay_pods(core),
+            "the relays of earlier tests to be gone (seen: relay pods left)",
+            timeout,
+            until=lambda pods: not pods,
+        )
     except pytest.fail.Exception:
         STUCK_RELAYS.update(relay_pods(core))
         raise
@@ -118,17 +131,22 @@ def wait_for_no_relays(core, timeout: int = 180):
 def relay_side(release, replicas: int = 1):
     """For a failure message: where each relay runs, what it advertises and serves, and the namespace's events
     (MetalLB's nodeAssigned names the node that announces the LoadBalancer address)."""
+
     def explain() -> str:
         lines = [release.describe()]
         for index in range(replicas):
             pod = release.pod(index)
             try:
                 node = release.core.read_namespaced_pod(pod, release.namespace).spec.node_name
-                lines += [f"relay {pod} on node {node}: settings {release.relay_settings(pod)}",
-                          release.tailscale(pod, "debug", "peer-relay-sessions"), release.agent_log(pod)]
+                lines += [
+                    f"relay {pod} on node {node}: settings {release.relay_settings(pod)}",
+                    release.tailscale(pod, "debug", "peer-relay-sessions"),
+                    release.agent_log(pod),
+                ]
             except Exception as error:  # the explanation must not hide the failure it explains
                 lines.append(f"relay {pod}: {error}")
         return "\n".join(lines)
+
     return explain
 
 
@@ -149,16 +167,18 @@ class Tailnet:
         self._workload_container: tuple[str, str] | None = None
 
     def lan_tailscale(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", "exec", self.lan, "tailscale", *args],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["docker", "exec", self.lan, "tailscale", *args], capture_output=True, text=True, timeout=timeout
+        )
 
     def ping(self, count: int = 5) -> list[Pong]:
         """`tailscale ping --until-direct=false -c COUNT` from the LAN device to the workload; the pongs."""
         result = self.lan_tailscale("ping", "--until-direct=false", "-c", str(count), "--timeout", "2s", self.workload)
         return parse_pongs(result.stdout)
 
-    def ping_until(self, wanted, max_pings: int = 120, what: str = "the wanted path",
-                   explain=lambda: "") -> tuple[int, Pong]:
+    def ping_until(
+        self, wanted, max_pings: int = 120, what: str = "the wanted path", explain=lambda: ""
+    ) -> tuple[int, Pong]:
         """Pings (a few at a time) until a pong satisfies WANTED; returns (pings sent, that pong).
         Fails after MAX_PINGS with the paths seen, this tailnet's diagnostics and EXPLAIN() (the relay's side)."""
         sent, seen = 0, []
@@ -171,8 +191,10 @@ class Tailnet:
             seen += [p.via for p in pongs]
             if not pongs:
                 time.sleep(1)
-        pytest.fail(f"no pong via {what} from {self.workload} within {max_pings} pings; "
-                    f"paths seen (latest last): {seen[-20:]}\n{self.diagnostics()}\n{explain()}")
+        pytest.fail(
+            f"no pong via {what} from {self.workload} within {max_pings} pings; "
+            f"paths seen (latest last): {seen[-20:]}\n{self.diagnostics()}\n{explain()}"
+        )
 
     def lan_peer(self, timeout: int = 120) -> tuple[dict | None, dict]:
         """The workload's entry in the LAN device's `tailscale status --json` (None if it has none), and the status."""
@@ -188,9 +210,12 @@ class Tailnet:
         if self._workload_container is None:
             self._workload_container = self._find_workload_container()
         node, container = self._workload_container
-        result = subprocess.run(["docker", "exec", node, "crictl", "exec", container, "tailscale",
-                                 f"--socket={WORKLOAD_SOCKET}", *args],
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            ["docker", "exec", node, "crictl", "exec", container, "tailscale", f"--socket={WORKLOAD_SOCKET}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if result.returncode != 0:  # the container may be another one now: look it up again next time
             self._workload_container = None
         return result
@@ -199,9 +224,25 @@ class Tailnet:
         """The kind node the workload runs on (the control plane: its manifest's nodeSelector), and its tailscale
         container's runtime id."""
         node = control_plane_node()
-        found = subprocess.run(["docker", "exec", node, "crictl", "ps", "-q", "--state", "running", "--name",
-                                "^tailscale$", "--label", f"io.kubernetes.pod.namespace={self.workload_namespace}"],
-                               capture_output=True, text=True, timeout=30).stdout.split()
+        found = subprocess.run(
+            [
+                "docker",
+                "exec",
+                node,
+                "crictl",
+                "ps",
+                "-q",
+                "--state",
+                "running",
+                "--name",
+                "^tailscale$",
+                "--label",
+                f"io.kubernetes.pod.namespace={self.workload_namespace}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
         if not found:
             raise OSError(f"no running workload container in namespace {self.workload_namespace} on {node}")
         return node, found[0]
@@ -230,23 +271,34 @@ class Tailnet:
         # Which MAC the LAN device sends each LoadBalancer address to: a stale entry points at a node that no
         # longer announces it (MetalLB L2 moves the address with the relay pod under externalTrafficPolicy Local).
         neighbours = self.lan_netns("ip", "neigh", "show")
-        firewall = self.lan_netns("iptables", "-L", "TSRELAY-LAN", "-v", "-n") + \
-            self.lan_netns("ip6tables", "-L", "TSRELAY-LAN", "-v", "-n")
-        return (f"LAN device `tailscale status`:\n{status}\nLAN device `tailscale debug peer-relay-servers`:\n{relays}\n"
-                f"LAN device `ip neigh`:\n{neighbours}\nLAN device firewall (packet counts):\n{firewall}")
+        firewall = self.lan_netns("iptables", "-L", "TSRELAY-LAN", "-v", "-n") + self.lan_netns(
+            "ip6tables", "-L", "TSRELAY-LAN", "-v", "-n"
+        )
+        return (
+            f"LAN device `tailscale status`:\n{status}\nLAN device `tailscale debug peer-relay-servers`:\n{relays}\n"
+            f"LAN device `ip neigh`:\n{neighbours}\nLAN device firewall (packet counts):\n{firewall}"
+        )
 
     def lan_pid(self) -> str:
         """The LAN device's process id on the host: `nsenter -t PID -n` runs host tools in its network namespace
         (the relay image has no shell or iproute2)."""
-        return subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.lan],
-                              capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        return subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Pid}}", self.lan],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
 
     def icmp_echo(self, ip: str, count: int, interval: float = 0.05) -> list[float]:
         """COUNT ICMP echoes to IP (a tailnet address) through the tunnel from the LAN device's network namespace;
         the round trips in ms of those answered (ping's `time=` fields)."""
-        out = subprocess.run(["nsenter", "-t", self.lan_pid(), "-n", "ping", "-n", "-c", str(count), "-i",
-                              str(interval), "-W", "2", ip], capture_output=True, text=True,
-                             timeout=count * interval + 60).stdout
+        out = subprocess.run(
+            ["nsenter", "-t", self.lan_pid(), "-n", "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", ip],
+            capture_output=True,
+            text=True,
+            timeout=count * interval + 60,
+        ).stdout
         return [float(t) for t in re.findall(r"time=([\d.]+) ms", out)]
 
     def workload_ip(self) -> str:
@@ -255,12 +307,13 @@ class Tailnet:
 
     def lan_netns(self, *command: str) -> str:
         """COMMAND's output (or its error) in the LAN device's network namespace, run from the host."""
-        result = subprocess.run(["nsenter", "-t", self.lan_pid(), "-n", *command], capture_output=True, text=True,
-                                timeout=30)
+        result = subprocess.run(
+            ["nsenter", "-t", self.lan_pid(), "-n", *command], capture_output=True, text=True, timeout=30
+        )
         return result.stdout + result.stderr
 
 
-def relay_through(net: "Tailnet", release, replicas: int, port: int, index: int) -> set[str]:
+def relay_through(net: Tailnet, release, replicas: int, port: int, index: int) -> set[str]:
     """Makes the LAN device relay through replica INDEX of RELEASE, so that an event on that relay hits the relay in
     use: the LAN device's firewall drops the other relays' addresses until it relays through that one, then opens
     again (the LAN device keeps the path it has; the others stay candidates). Returns that relay's endpoints."""
@@ -274,7 +327,7 @@ def relay_through(net: "Tailnet", release, replicas: int, port: int, index: int)
     return wanted
 
 
-def relay_through_node(net: "Tailnet", release, replicas: int, port: int, node: str) -> tuple[int, set[str]]:
+def relay_through_node(net: Tailnet, release, replicas: int, port: int, node: str) -> tuple[int, set[str]]:
     """Makes the LAN device relay through a relay of RELEASE that runs on NODE (relay_through), so that an event on NODE
     hits the relay in use; when none runs there, relay 0 is moved there first (the other nodes cordoned while its pod
     is made again). Returns that relay's index and endpoints."""

@@ -1,5 +1,6 @@
 """Chart values: the test variants in chart/ci/ (the one home of each setup the tests and the benchmark use, and what
 `ct lint` and `ct install` run), merging, and the spelling of a relay endpoint."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -53,8 +54,11 @@ def value_paths(values: dict, prefix: str = ""):
     annotations) stay whole, as helm-docs documents them in one row."""
     for key, value in values.items():
         path = prefix + key
-        if isinstance(value, dict) and value and \
-                not key.endswith(("resources", "ecurityContext", "abels", "nnotations")):
+        if (
+            isinstance(value, dict)
+            and value
+            and not key.endswith(("resources", "ecurityContext", "abels", "nnotations"))
+        ):
             yield from value_paths(value, path + ".")
         else:
             yield path

@@ -1,16 +1,25 @@
 """The one wait of the tests and the benchmark: poll until something holds, and when it never does, say what was
 awaited and what was seen last."""
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 
-def wait_for(observe: Callable[[], Any], what: str, timeout: float, *, until: Callable[[Any], bool] = bool,
-             interval: float = 2.0, tolerate: tuple[type[BaseException], ...] = (),
-             explain: Callable[[], str] | None = None) -> Any:
+def wait_for(
+    observe: Callable[[], Any],
+    what: str,
+    timeout: float,
+    *,
+    until: Callable[[Any], bool] = bool,
+    interval: float = 2.0,
+    tolerate: tuple[type[BaseException], ...] = (),
+    explain: Callable[[], str] | None = None,
+) -> Any:
     """Calls OBSERVE every INTERVAL seconds until UNTIL(its result) is true (by default: until the result is truthy)
     and returns that result. An exception of a TOLERATE type counts as not yet (a 404 before an object exists).
     After TIMEOUT seconds the test fails with WHAT, what OBSERVE returned (or raised) last, and EXPLAIN()."""

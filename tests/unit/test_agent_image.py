@@ -1,5 +1,6 @@
 """scripts/agent-image: the agent's image as a release pushes it and the test cluster runs it: an OCI image layout
 with an image per platform, nothing in it but the static binary, non-root, reproducible."""
+
 import hashlib
 import io
 import json
@@ -23,9 +24,22 @@ def built(tmp_path_factory):
     runs = []
     for name in ("first", "second"):
         layout = tmp_path_factory.mktemp(name) / "oci"
-        result = subprocess.run([str(SCRIPT), "--out", str(layout), "--platforms", "linux/amd64,linux/arm64",
-                                 "--version", "9.9.9", "--tag", "localhost/relay-agent:test"],
-                                capture_output=True, text=True, timeout=900)
+        result = subprocess.run(
+            [
+                str(SCRIPT),
+                "--out",
+                str(layout),
+                "--platforms",
+                "linux/amd64,linux/arm64",
+                "--version",
+                "9.9.9",
+                "--tag",
+                "localhost/relay-agent:test",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert result.returncode == 0, result.stderr
         answers = dict(line.split("=", 1) for line in result.stdout.splitlines())
         runs.append((layout, answers))

@@ -1,6 +1,7 @@
 """The relay's alerts (metrics.prometheusRule): valid rules to the real promtool, and each one fires when its condition
 holds for long enough and stays silent otherwise (`promtool test rules`, series as a Prometheus Operator scrape of the
 chart's ServiceMonitor labels them)."""
+
 from __future__ import annotations
 
 import re
@@ -40,6 +41,7 @@ def expected(rules: dict, alert: str, labels: dict, value: str = "") -> dict:
     def fill(text: str) -> str:
         text = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: exp_labels[m.group(1)], text)
         return text.replace("{{ $value }}", value)
+
     return {"exp_labels": exp_labels, "exp_annotations": {k: fill(v) for k, v in rule["annotations"].items()}}
 
 
@@ -48,54 +50,98 @@ def cases(n: dict) -> list[tuple[str, list, list]]:
     relay = {"job": n["job"], "namespace": n["namespace"], "pod": n["pod"]}
     other_job = {"job": "something-else", "namespace": n["namespace"], "pod": "x-0"}
     return [
-        ("TailscalePeerRelayAbsent",
-         [series("up", "1x30", **other_job)],
-         [("15m", True, {"job": n["job"], "namespace": n["namespace"]}, "")]),
-        ("TailscalePeerRelayAbsent",
-         [series("up", "1x30", **relay)],
-         [("15m", False, None, "")]),
-        ("TailscalePeerRelayDown",
-         [series("up", "1 0x20", **relay)],
-         [("3m", False, None, ""), ("10m", True, relay, "")]),
-        ("TailscalePeerRelayDown",
-         [series("up", "1x20", **relay)],
-         [("10m", False, None, "")]),
-        ("TailscalePeerRelayNotReady",
-         [series("kube_pod_status_ready", "0x20", namespace=n["namespace"], pod=n["pod"], condition="true"),
-          series("kube_pod_status_ready", "0x20", namespace=n["namespace"], pod="another-app-0", condition="true")],
-         [("5m", False, None, ""), ("15m", True, {"namespace": n["namespace"], "pod": n["pod"], "condition": "true"}, "")]),
-        ("TailscalePeerRelayNotReady",
-         [series("kube_pod_status_ready", "1x20", namespace=n["namespace"], pod=n["pod"], condition="true")],
-         [("15m", False, None, "")]),
-        ("TailscalePeerRelayServerNotRunning",
-         [series("up", "1x20", **relay)],
-         [("15m", True, relay, "")]),
-        ("TailscalePeerRelayServerNotRunning",
-         [series("up", "1x20", **relay),
-          series("tailscaled_peer_relay_endpoints", "0x20", **relay, state="open"),
-          series("tailscaled_peer_relay_endpoints", "0x20", **relay, state="connecting")],
-         [("15m", False, None, "")]),
-        ("TailscalePeerRelayNotForwarding",
-         [series("tailscaled_peer_relay_endpoints", "1x40", **relay, state="open"),
-          series("tailscaled_peer_relay_forwarded_packets_total", "500x40", **relay, transport_in="udp4",
-                 transport_out="udp4")],
-         [("10m", False, None, ""), ("30m", True, {"namespace": n["namespace"], "pod": n["pod"]}, "")]),
-        ("TailscalePeerRelayNotForwarding",
-         [series("tailscaled_peer_relay_endpoints", "1x40", **relay, state="open"),
-          series("tailscaled_peer_relay_forwarded_packets_total", "0+600x40", **relay, transport_in="udp4",
-                 transport_out="udp4")],
-         [("30m", False, None, "")]),
-        ("TailscalePeerRelayNotForwarding",  # idle: no open session, nothing to forward
-         [series("tailscaled_peer_relay_endpoints", "0x40", **relay, state="open"),
-          series("tailscaled_peer_relay_forwarded_packets_total", "500x40", **relay, transport_in="udp4",
-                 transport_out="udp4")],
-         [("30m", False, None, "")]),
-        ("TailscalePeerRelayHealthWarnings",
-         [series("tailscaled_health_messages", "2x30", **relay, type="warning")],
-         [("10m", False, None, ""), ("20m", True, {**relay, "type": "warning"}, "2")]),
-        ("TailscalePeerRelayHealthWarnings",
-         [series("tailscaled_health_messages", "0x30", **relay, type="warning")],
-         [("20m", False, None, "")]),
+        (
+            "TailscalePeerRelayAbsent",
+            [series("up", "1x30", **other_job)],
+            [("15m", True, {"job": n["job"], "namespace": n["namespace"]}, "")],
+        ),
+        ("TailscalePeerRelayAbsent", [series("up", "1x30", **relay)], [("15m", False, None, "")]),
+        (
+            "TailscalePeerRelayDown",
+            [series("up", "1 0x20", **relay)],
+            [("3m", False, None, ""), ("10m", True, relay, "")],
+        ),
+        ("TailscalePeerRelayDown", [series("up", "1x20", **relay)], [("10m", False, None, "")]),
+        (
+            "TailscalePeerRelayNotReady",
+            [
+                series("kube_pod_status_ready", "0x20", namespace=n["namespace"], pod=n["pod"], condition="true"),
+                series(
+                    "kube_pod_status_ready", "0x20", namespace=n["namespace"], pod="another-app-0", condition="true"
+                ),
+            ],
+            [
+                ("5m", False, None, ""),
+                ("15m", True, {"namespace": n["namespace"], "pod": n["pod"], "condition": "true"}, ""),
+            ],
+        ),
+        (
+            "TailscalePeerRelayNotReady",
+            [series("kube_pod_status_ready", "1x20", namespace=n["namespace"], pod=n["pod"], condition="true")],
+            [("15m", False, None, "")],
+        ),
+        ("TailscalePeerRelayServerNotRunning", [series("up", "1x20", **relay)], [("15m", True, relay, "")]),
+        (
+            "TailscalePeerRelayServerNotRunning",
+            [
+                series("up", "1x20", **relay),
+                series("tailscaled_peer_relay_endpoints", "0x20", **relay, state="open"),
+                series("tailscaled_peer_relay_endpoints", "0x20", **relay, state="connecting"),
+            ],
+            [("15m", False, None, "")],
+        ),
+        (
+            "TailscalePeerRelayNotForwarding",
+            [
+                series("tailscaled_peer_relay_endpoints", "1x40", **relay, state="open"),
+                series(
+                    "tailscaled_peer_relay_forwarded_packets_total",
+                    "500x40",
+                    **relay,
+                    transport_in="udp4",
+                    transport_out="udp4",
+                ),
+            ],
+            [("10m", False, None, ""), ("30m", True, {"namespace": n["namespace"], "pod": n["pod"]}, "")],
+        ),
+        (
+            "TailscalePeerRelayNotForwarding",
+            [
+                series("tailscaled_peer_relay_endpoints", "1x40", **relay, state="open"),
+                series(
+                    "tailscaled_peer_relay_forwarded_packets_total",
+                    "0+600x40",
+                    **relay,
+                    transport_in="udp4",
+                    transport_out="udp4",
+                ),
+            ],
+            [("30m", False, None, "")],
+        ),
+        (
+            "TailscalePeerRelayNotForwarding",  # idle: no open session, nothing to forward
+            [
+                series("tailscaled_peer_relay_endpoints", "0x40", **relay, state="open"),
+                series(
+                    "tailscaled_peer_relay_forwarded_packets_total",
+                    "500x40",
+                    **relay,
+                    transport_in="udp4",
+                    transport_out="udp4",
+                ),
+            ],
+            [("30m", False, None, "")],
+        ),
+        (
+            "TailscalePeerRelayHealthWarnings",
+            [series("tailscaled_health_messages", "2x30", **relay, type="warning")],
+            [("10m", False, None, ""), ("20m", True, {**relay, "type": "warning"}, "2")],
+        ),
+        (
+            "TailscalePeerRelayHealthWarnings",
+            [series("tailscaled_health_messages", "0x30", **relay, type="warning")],
+            [("20m", False, None, "")],
+        ),
     ]
 
 
@@ -123,21 +169,31 @@ def test_every_alert_has_a_firing_and_a_silent_case():
     assert not missing, f"alerts without a promtool case that fires (True) or stays silent (False): {sorted(missing)}"
 
 
-@pytest.mark.parametrize("alert, input_series, evals", CASES,
-                         ids=[f"{alert}-{'fires' if any(e[1] for e in evals) else 'silent'}-{i}"
-                              for i, (alert, _, evals) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "alert, input_series, evals",
+    CASES,
+    ids=[
+        f"{alert}-{'fires' if any(e[1] for e in evals) else 'silent'}-{i}" for i, (alert, _, evals) in enumerate(CASES)
+    ],
+)
 def test_the_alert_fires_only_when_its_condition_lasts(tool, rules_file, tmp_path, alert, input_series, evals):
     test = {
         "rule_files": [str(rules_file)],
         "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": input_series,
-            "alert_rule_test": [
-                {"eval_time": at, "alertname": alert,
-                 "exp_alerts": [expected(RULES, alert, labels, value)] if firing else []}
-                for at, firing, labels, value in evals],
-        }],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": input_series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": at,
+                        "alertname": alert,
+                        "exp_alerts": [expected(RULES, alert, labels, value)] if firing else [],
+                    }
+                    for at, firing, labels, value in evals
+                ],
+            }
+        ],
     }
     path = tmp_path / "test.yaml"
     path.write_text(yaml.safe_dump(test))

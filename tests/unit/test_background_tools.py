@@ -3,6 +3,7 @@ kube-score, promtool, cyclonedx-gomod), which scripts/setup starts and does not 
 it: its state file is what those tests wait on, a failure or a stop is written there with the step it happened in,
 and those tests run after every other test but the Flux and Argo CD ones. A fake `go` stands in for the compiler:
 like the real one it writes the binary named by -o, or fails with a message on stderr."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,13 @@ def tools_env(tmp_path):
     go.write_text(FAKE_GO)
     go.chmod(0o755)
     tools = tmp_path / "tools"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TSRELAY_CACHE": str(tmp_path / "cache"),
-           "TSRELAY_TOOLS": str(tools), "FAKE_GO_GATE": str(tmp_path / "gate")}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "TSRELAY_CACHE": str(tmp_path / "cache"),
+        "TSRELAY_TOOLS": str(tools),
+        "FAKE_GO_GATE": str(tmp_path / "gate"),
+    }
     yield env, tools
     # a test that failed before it opened the gate must not leave its build waiting there
     install_tools(env, "stop")
@@ -61,8 +67,14 @@ def state_of(tools):
 
 def started(tools):
     """The state once the background build has written its own pid."""
-    return wait_for(lambda: state_of(tools), "the background build to write its pid", 30,
-                    until=lambda state: state["pid"] > 0, interval=0.2, tolerate=(json.JSONDecodeError,))
+    return wait_for(
+        lambda: state_of(tools),
+        "the background build to write its pid",
+        30,
+        until=lambda state: state["pid"] > 0,
+        interval=0.2,
+        tolerate=(json.JSONDecodeError,),
+    )
 
 
 def test_start_later_returns_while_the_build_runs_and_wait_returns_once_every_later_tool_is_installed(tools_env):
@@ -121,10 +133,26 @@ def test_a_tool_the_background_build_does_not_make_is_not_waited_for(tmp_path):
     build = subprocess.Popen(["bash", "-c", 'exec -a "install-tools later" sleep 120'])
     try:
         path = tmp_path / "later-tools.json"
-        path.write_text(json.dumps({"state": "running", "pid": build.pid, "log": str(tmp_path / "log"), "since": 0,
-                                    "detail": "building", "run": "install-tools later", "tools": LATER}))
-        wait_for(lambda: background_state(path)["state"], "the fake build to look alive", 10,
-                 until=lambda state: state == "running", interval=0.1)
+        path.write_text(
+            json.dumps(
+                {
+                    "state": "running",
+                    "pid": build.pid,
+                    "log": str(tmp_path / "log"),
+                    "since": 0,
+                    "detail": "building",
+                    "run": "install-tools later",
+                    "tools": LATER,
+                }
+            )
+        )
+        wait_for(
+            lambda: background_state(path)["state"],
+            "the fake build to look alive",
+            10,
+            until=lambda state: state == "running",
+            interval=0.1,
+        )
         wait_for_later_tools("helm", path=path, timeout=1)
         with pytest.raises(pytest.fail.Exception, match="waited 1s for scripts/install-tools start-later"):
             wait_for_later_tools("cosign", path=path, timeout=1)
@@ -137,9 +165,14 @@ def test_stop_ends_a_background_build_and_says_where_it_stopped(tools_env):
     env, tools = tools_env
     assert install_tools(env, "start-later").returncode == 0
     # past its pid, to its first step: on a busy machine a stop can come between the two (seen: "during: starting")
-    running = wait_for(lambda: state_of(tools), "the background build to begin building", 30,
-                       until=lambda state: state["pid"] > 0 and state["detail"].startswith("building"), interval=0.2,
-                       tolerate=(json.JSONDecodeError,))
+    running = wait_for(
+        lambda: state_of(tools),
+        "the background build to begin building",
+        30,
+        until=lambda state: state["pid"] > 0 and state["detail"].startswith("building"),
+        interval=0.2,
+        tolerate=(json.JSONDecodeError,),
+    )
     assert install_tools(env, "stop").returncode == 0
     state = state_of(tools)
     assert state["state"] == "failed", state
@@ -148,13 +181,20 @@ def test_stop_ends_a_background_build_and_says_where_it_stopped(tools_env):
 
 
 def test_the_tests_that_need_the_later_tools_are_collected_after_the_rest_and_before_flux_and_argocd():
-    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                                "tests"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert collected.returncode == 0, collected.stdout[-2000:] + collected.stderr[-2000:]
     files = [line.split("::")[0] for line in collected.stdout.splitlines() if "::" in line]
     later = ("tests/integration/test_chart_distribution.py", "tests/unit/test_alerts.py", "tests/unit/test_scanners.py")
     gitops = ("tests/integration/test_flux.py", "tests/integration/test_argocd.py")
     kinds = [2 if f in gitops else 1 if f in later else 0 for f in files]
-    assert kinds == sorted(kinds), "the order should be: the rest, then " + ", ".join(later) + ", then Flux and " \
+    assert kinds == sorted(kinds), (
+        "the order should be: the rest, then " + ", ".join(later) + ", then Flux and "
         "Argo CD; it is:\n" + "\n".join(dict.fromkeys(files))
+    )
     assert set(later) <= set(files), f"tests that need the later tools were not collected: {later}"

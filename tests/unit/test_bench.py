@@ -1,4 +1,5 @@
 """bench/results.json (written by scripts/bench) is complete, and the README quotes it, not older numbers."""
+
 import json
 
 import pytest
@@ -35,8 +36,10 @@ def test_derp_was_measured_at_a_distance_and_every_relay_mode_was_measured(resul
 def readme_lines(results) -> list[str]:
     icmp, tput, setup = results["icmp"], results["throughput"], results["relay_setup"]
     derp = f"DERP (Headscale, {results['environment']['derp_delay_ms']:g} ms away per client)"
-    lines = [f"| {name} | {icmp[path]['median_ms']:.3f} ms | {icmp[path]['p95_ms']:.3f} ms |"
-             for path, name in (("direct", "direct (firewall open)"), ("relay", "**peer relay**"), ("derp", derp))]
+    lines = [
+        f"| {name} | {icmp[path]['median_ms']:.3f} ms | {icmp[path]['p95_ms']:.3f} ms |"
+        for path, name in (("direct", "direct (firewall open)"), ("relay", "**peer relay**"), ("derp", derp))
+    ]
     lines += [
         f"relay/direct {results['ratios']['relay_over_direct_icmp_median']}×, "
         f"DERP/relay {results['ratios']['derp_over_relay_icmp_median']}×",
@@ -46,9 +49,11 @@ def readme_lines(results) -> list[str]:
         f"relay pod: {results['relay_idle_memory_mib']} MiB idle; {tput['relay']['relay_memory_mib']} MiB and "
         f"{tput['relay']['relay_cpu_cores']} CPU cores under that iperf3 load",
     ]
-    lines += [f"| {row['mode']} | {row['what']} | {row['mbit_per_s']} Mbit/s | {row['ratio_to_direct']} | "
-              f"{'yes' if row['socket_buffers_forced'] else 'no'} | {row['relay_cpu_cores']} |"
-              for row in results["throughput_modes"]]
+    lines += [
+        f"| {row['mode']} | {row['what']} | {row['mbit_per_s']} Mbit/s | {row['ratio_to_direct']} | "
+        f"{'yes' if row['socket_buffers_forced'] else 'no'} | {row['relay_cpu_cores']} |"
+        for row in results["throughput_modes"]
+    ]
     return lines
 
 
@@ -62,8 +67,13 @@ def test_the_benchmark_imports_the_test_support_package_as_installed(tmp_path):
     # scripts/setup installs this repository into .venv (editable): `support` imports from anywhere, no sys.path edits
     import subprocess
 
-    probe = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", "import support.release, support; "
-                            "print(support.__file__)"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "-c", "import support.release, support; print(support.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert probe.returncode == 0, f"the support package does not import outside pytest: {probe.stderr}"
     assert probe.stdout.strip() == str(REPO / "tests" / "support" / "__init__.py")
     assert "sys.path" not in (REPO / "bench" / "relay_path.py").read_text()
@@ -81,17 +91,27 @@ def events():
 def test_every_event_ran_with_one_and_two_relays_and_recorded_every_echo(events):
     runs = {(run["event"], run["replicas"]) for run in events["runs"]}
     names = {run["event"] for run in events["runs"]}
-    assert {"rolling upgrade", "relay pod deleted", "API server restart", "MetalLB speaker restart",
-            "relay replaced by another release", "node drained", "node lost for a minute"} <= names, names
+    assert {
+        "rolling upgrade",
+        "relay pod deleted",
+        "API server restart",
+        "MetalLB speaker restart",
+        "relay replaced by another release",
+        "node drained",
+        "node lost for a minute",
+    } <= names, names
     assert events["environment"]["nodes"] >= 2, "the node events need the multi-node test cluster"
     assert runs == {(name, replicas) for name in names for replicas in (1, 2)}, runs
     for run in events["runs"]:
         echoes = run["probe"]["echoes"]
-        assert len(echoes) == run["sent"] and [e["seq"] for e in echoes] == list(range(1, run["sent"] + 1)), run["event"]
+        assert len(echoes) == run["sent"] and [e["seq"] for e in echoes] == list(range(1, run["sent"] + 1)), run[
+            "event"
+        ]
         assert sum(e["rtt_ms"] is None for e in echoes) == run["lost"], run["event"]
         assert all("back_path" in e for e in echoes), f"{run['event']}: recorded without the workload's way back"
-        assert "hit_relay_in_use" in run and run.get("acts_on"), \
+        assert "hit_relay_in_use" in run and run.get("acts_on"), (
             f"{run['event']}: recorded without what it acts on and the relay in use when it began"
+        )
     assert (REPO / "bench" / "events.png").stat().st_size > 10_000, "the events plot is missing"
 
 
@@ -102,9 +122,12 @@ def yes(value: bool) -> str:
 def event_lines(events) -> list[str]:
     """The README table's row per run: event, relays, echoes lost, seconds off the relay, of them with one way through
     DERP, whether it began on the relay it acts on, whether everything came back by itself."""
-    return [f"| {run['event']} | {run['replicas']} | {run['lost']} of {run['sent']} | {run['seconds_off_relay']} s | "
-            f"{run['seconds_derp_one_way']} s | {yes(run['hit_relay_in_use'])} | "
-            f"{yes(run['came_back'] and run['ready'] and run['settings_right'])} |" for run in events["runs"]]
+    return [
+        f"| {run['event']} | {run['replicas']} | {run['lost']} of {run['sent']} | {run['seconds_off_relay']} s | "
+        f"{run['seconds_derp_one_way']} s | {yes(run['hit_relay_in_use'])} | "
+        f"{yes(run['came_back'] and run['ready'] and run['settings_right'])} |"
+        for run in events["runs"]
+    ]
 
 
 def test_readme_quotes_the_event_results(events):

@@ -1,4 +1,5 @@
 """README.md: generated from README.md.gotmpl and values.yaml by helm-docs, and documents every value."""
+
 import re
 import subprocess
 
@@ -9,14 +10,27 @@ from support.repo import CHART, REPO
 from support.values import value_paths
 
 README = REPO / "README.md"
-REGENERATE = "(cd chart && ../.tools/bin/helm-docs --chart-search-root . --template-files ../README.md.gotmpl --output-file ../README.md)"
+REGENERATE = (
+    "(cd chart && ../.tools/bin/helm-docs --chart-search-root . --template-files ../README.md.gotmpl "
+    "--output-file ../README.md)"
+)
 
 
 def generated_readme(tool):
     result = subprocess.run(
-        [tool("helm-docs"), "--chart-search-root", ".", "--template-files", "../README.md.gotmpl",
-         "--output-file", "../README.md", "--dry-run"],
-        cwd=CHART, capture_output=True, text=True,
+        [
+            tool("helm-docs"),
+            "--chart-search-root",
+            ".",
+            "--template-files",
+            "../README.md.gotmpl",
+            "--output-file",
+            "../README.md",
+            "--dry-run",
+        ],
+        cwd=CHART,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -58,14 +72,26 @@ def about_an_older_version(text: str, match: re.Match) -> bool:
     upgrading = text.find("## Upgrading")
     if upgrading != -1 and upgrading < match.start() < text.find("\n## ", upgrading + 1) % (len(text) + 1):
         return True
-    line = text[text.rfind("\n", 0, match.start()) + 1:text.find("\n", match.end())]
+    line = text[text.rfind("\n", 0, match.start()) + 1 : text.find("\n", match.end())]
     return bool(re.search(r"\b0\.[0-3](\.\d+|\.x)?\b|in chart 0\.4\.0|hasKey", line))
 
 
-@pytest.mark.parametrize("path", ["README.md", "README.md.gotmpl", "chart/README.md", "chart/values.yaml",
-                                  *sorted(str(p.relative_to(REPO)) for p in (CHART / "templates").rglob("*") if p.is_file())])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "README.md",
+        "README.md.gotmpl",
+        "chart/README.md",
+        "chart/values.yaml",
+        *sorted(str(p.relative_to(REPO)) for p in (CHART / "templates").rglob("*") if p.is_file()),
+    ],
+)
 def test_docs_make_no_claim_the_code_no_longer_makes(path):
     text = (REPO / path).read_text()
-    found = [(m.group(0), fact) for pattern, fact in STALE_CLAIMS.items()
-             for m in re.finditer(pattern, text, re.IGNORECASE) if not about_an_older_version(text, m)]
+    found = [
+        (m.group(0), fact)
+        for pattern, fact in STALE_CLAIMS.items()
+        for m in re.finditer(pattern, text, re.IGNORECASE)
+        if not about_an_older_version(text, m)
+    ]
     assert not found, f"{path} says what the chart no longer does: {found}"

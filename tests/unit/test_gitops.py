@@ -1,4 +1,5 @@
 """GitOps-safe by construction: what Flux and Argo CD render is stable, and the relays' identities survive them."""
+
 import re
 
 import pytest
@@ -8,8 +9,13 @@ from support.repo import CHART, versions
 
 # What Argo CD's repo-server passes to `helm template` (argo-cd reposerver/repository.go): the cluster's version and
 # API versions (the release name is the Application's, given like a user's).
-ARGO_ARGS = ("--kube-version", versions()["KUBE_VERSION_NEWEST"], "--api-versions", "monitoring.coreos.com/v1",
-             "--include-crds")
+ARGO_ARGS = (
+    "--kube-version",
+    versions()["KUBE_VERSION_NEWEST"],
+    "--api-versions",
+    "monitoring.coreos.com/v1",
+    "--include-crds",
+)
 
 
 @pytest.mark.parametrize("replicas", [1, 3])
@@ -21,8 +27,9 @@ def test_state_secrets_survive_pruning_and_carry_no_data(replicas):
         assert annotations["helm.sh/resource-policy"] == "keep", "helm uninstall must keep the node identity"
         assert annotations["argocd.argoproj.io/sync-options"] == "Prune=false", "Argo CD would prune it (argo-cd#17819)"
         assert annotations["argocd.argoproj.io/compare-options"] == "IgnoreExtraneous"
-        assert "data" not in secret and "stringData" not in secret, \
+        assert "data" not in secret and "stringData" not in secret, (
             "a templated data field would be reverted by drift detection and erase tailscaled's state"
+        )
 
 
 @pytest.mark.parametrize("values", [{}, {"replicaCount": 2, "relay": {"port": 61441}}])

@@ -1,5 +1,6 @@
 """Opt-in NetworkPolicies: the relay takes only its UDP port (and the health port from whom the user names); the hook
 and test pods take nothing and reach only DNS and the API server."""
+
 import pytest
 
 from support.render import FULLNAME, RenderError, find, one, render
@@ -16,8 +17,9 @@ def test_the_relay_takes_only_its_udp_port_from_anywhere_and_may_reach_anything(
     policy = one(render({**ON, "relay": {"port": 61441}}), "NetworkPolicy", FULLNAME)["spec"]
     assert policy["podSelector"] == {"matchLabels": {**SELECTOR, "app.kubernetes.io/component": "relay"}}
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["ingress"] == [{"ports": [{"protocol": "UDP", "port": 61441}]}], \
+    assert policy["ingress"] == [{"ports": [{"protocol": "UDP", "port": 61441}]}], (
         "without networkPolicy.relayFrom the relay port must stay open to every source (the LAN via the load balancer)"
+    )
     # control server, DERP, STUN and the relay's peers can be anywhere
     assert policy["egress"] == [{}]
 
@@ -25,8 +27,11 @@ def test_the_relay_takes_only_its_udp_port_from_anywhere_and_may_reach_anything(
 def test_relay_and_health_sources_are_the_users():
     lan = [{"ipBlock": {"cidr": "192.168.1.0/24"}}]
     prometheus = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
-    values = {"networkPolicy": {"enabled": True, "relayFrom": lan, "healthFrom": prometheus},
-              "health": {"port": 9100}, "agent": {"port": 9200}}
+    values = {
+        "networkPolicy": {"enabled": True, "relayFrom": lan, "healthFrom": prometheus},
+        "health": {"port": 9100},
+        "agent": {"port": 9200},
+    }
     ingress = one(render(values), "NetworkPolicy", FULLNAME)["spec"]["ingress"]
     assert ingress == [
         {"ports": [{"protocol": "UDP", "port": 40000}], "from": lan},
@@ -46,16 +51,26 @@ def test_hook_and_test_pods_reach_only_dns_and_the_api_server(component, cidrs):
     assert api["ports"] == [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]
     assert api.get("to", []) == [{"ipBlock": {"cidr": c}} for c in cidrs]
     # the policy selects the pods it is written for
-    pods = [m for m in manifests if m["kind"] in ("Job", "Pod")
-            and m["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+    pods = [
+        m
+        for m in manifests
+        if m["kind"] in ("Job", "Pod") and m["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
     assert pods, f"no {component} pod rendered"
     for pod in pods:
         labels = pod["spec"]["template"]["metadata"]["labels"] if pod["kind"] == "Job" else pod["metadata"]["labels"]
         assert policy["podSelector"]["matchLabels"].items() <= labels.items(), pod["metadata"]["name"]
 
 
-@pytest.mark.parametrize("bad", [{"relayFrom": [{}]}, {"apiServerCIDRs": ["10.0.0.1"]}, {"apiServerPorts": []},
-                                 {"relayFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "ports": []}]}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"relayFrom": [{}]},
+        {"apiServerCIDRs": ["10.0.0.1"]},
+        {"apiServerPorts": []},
+        {"relayFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "ports": []}]},
+    ],
+)
 def test_the_schema_refuses_malformed_policy_values(bad):
     with pytest.raises(RenderError, match="networkPolicy"):
         render({"networkPolicy": {"enabled": True, **bad}})

@@ -1,4 +1,5 @@
 """NOTES.txt: how to check the relay, and the policy grant filled in with this release's tags."""
+
 import json
 import re
 
@@ -13,7 +14,9 @@ def grant_in(text):
 
 def test_grant_names_the_relay_tags():
     grant = grant_in(notes({"tailscale": {"tags": ["tag:relay", "tag:k8s"]}}))
-    assert grant == [{"src": ["autogroup:member"], "dst": ["tag:relay", "tag:k8s"], "app": {"tailscale.com/cap/relay": []}}]
+    assert grant == [
+        {"src": ["autogroup:member"], "dst": ["tag:relay", "tag:k8s"], "app": {"tailscale.com/cap/relay": []}}
+    ]
 
 
 def test_untagged_relay_is_called_out():
@@ -24,7 +27,9 @@ def test_untagged_relay_is_called_out():
 def test_tags_with_a_login_server_warn_that_headscale_takes_tags_from_the_key():
     headscale = {"tailscale": {"tags": ["tag:relay"], "loginServer": "https://headscale.example.com"}}
     assert "leave tailscale.tags empty and put the tags on the pre-auth key" in notes(headscale)
-    assert "pre-auth key" not in notes({"tailscale": {"tags": ["tag:relay"]}}), "Tailscale takes tags from the key's owner"
+    assert "pre-auth key" not in notes({"tailscale": {"tags": ["tag:relay"]}}), (
+        "Tailscale takes tags from the key's owner"
+    )
 
 
 def test_check_commands_cover_every_replica():

@@ -1,5 +1,6 @@
 """The packaged chart is one a registry user is glad to find: its README (values table), Artifact Hub metadata that
 matches what it runs, and a changelog entry for this version."""
+
 import re
 import subprocess
 import tarfile
@@ -12,7 +13,10 @@ from support.repo import CHART, HELM, REPO
 
 CHART_YAML = yaml.safe_load((CHART / "Chart.yaml").read_text())
 ANNOTATIONS = CHART_YAML["annotations"]
-REGENERATE = "(cd chart && ../.tools/bin/helm-docs --chart-search-root . --template-files README.md.gotmpl --output-file README.md)"
+REGENERATE = (
+    "(cd chart && ../.tools/bin/helm-docs --chart-search-root . --template-files README.md.gotmpl "
+    "--output-file README.md)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +28,25 @@ def package(tmp_path_factory):
 
 
 def test_chart_readme_is_generated_from_values(tool):
-    result = subprocess.run([tool("helm-docs"), "--chart-search-root", ".", "--template-files", "README.md.gotmpl",
-                             "--output-file", "README.md", "--dry-run"], cwd=CHART, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            tool("helm-docs"),
+            "--chart-search-root",
+            ".",
+            "--template-files",
+            "README.md.gotmpl",
+            "--output-file",
+            "README.md",
+            "--dry-run",
+        ],
+        cwd=CHART,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == (CHART / "README.md").read_text(), f"chart/README.md is stale: regenerate it with {REGENERATE}"
+    assert result.stdout == (CHART / "README.md").read_text(), (
+        f"chart/README.md is stale: regenerate it with {REGENERATE}"
+    )
 
 
 def test_helm_show_readme_of_the_package_has_the_values_table(package):
@@ -41,9 +60,14 @@ def test_helm_show_readme_of_the_package_has_the_values_table(package):
 def test_artifact_hub_images_are_the_ones_a_default_install_runs():
     listed = {entry["image"] for entry in yaml.safe_load(ANNOTATIONS["artifacthub.io/images"])}
     # a checkout names the agent image by name only; a release names its repository (test_chart_distribution.py)
-    rendered = {c["image"] for _, spec in all_pod_specs(render({"agent": {"image": {"repository": "relay-agent"}}}))
-                for c in spec["containers"]}
-    assert listed == rendered, f"artifacthub.io/images lists {sorted(listed)}, the default render runs {sorted(rendered)}"
+    rendered = {
+        c["image"]
+        for _, spec in all_pod_specs(render({"agent": {"image": {"repository": "relay-agent"}}}))
+        for c in spec["containers"]
+    }
+    assert listed == rendered, (
+        f"artifacthub.io/images lists {sorted(listed)}, the default render runs {sorted(rendered)}"
+    )
 
 
 def test_changelog_has_this_version_and_the_annotation_repeats_it():
@@ -58,7 +82,8 @@ def test_changelog_has_this_version_and_the_annotation_repeats_it():
     security = any(kind == "security" for kind, _ in changes)
     assert ANNOTATIONS.get("artifacthub.io/containsSecurityUpdates", "false") == str(security).lower(), (
         "artifacthub.io/containsSecurityUpdates should say whether this release's changelog entry has a security change"
-        " (Artifact Hub flags such releases to their users)")
+        " (Artifact Hub flags such releases to their users)"
+    )
 
 
 def test_artifact_hub_links_and_license():
@@ -73,5 +98,6 @@ def test_artifacthub_repo_metadata_is_what_artifact_hub_reads():
     (rule,) = metadata["ignore"]
     assert rule["name"] == CHART_YAML["name"]
     ignored = re.compile(rule["version"])
-    assert ignored.search("0.3.0-rc.1") and not ignored.search(CHART_YAML["version"]), \
+    assert ignored.search("0.3.0-rc.1") and not ignored.search(CHART_YAML["version"]), (
         "only pre-releases should be kept off Artifact Hub"
+    )

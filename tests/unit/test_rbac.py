@@ -1,5 +1,6 @@
 """Least privilege: the relay touches only its state Secrets, Service and status ConfigMap; the hook only reads the
 relay's pods, Services and status ConfigMaps."""
+
 import pytest
 
 from support.render import FULLNAME, find, one, render
@@ -76,16 +77,25 @@ def test_service_account_annotations():
 RECREATE = {"rbac": {"relayRecreatesStateSecrets": True}}
 
 
-@pytest.mark.parametrize("values", [{}, {"replicaCount": 3}, {"serviceAccount": {"create": False, "name": "mine"}},
-                                    RECREATE],
-                         ids=["default", "3 replicas", "existing service account", "relay recreates state"])
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"replicaCount": 3}, {"serviceAccount": {"create": False, "name": "mine"}}, RECREATE],
+    ids=["default", "3 replicas", "existing service account", "relay recreates state"],
+)
 def test_no_rule_on_named_objects_is_ever_unrestricted(values):
     # A rule on secrets, pods or their subresources without resourceNames grants them all in the namespace.
     manifests = render(values)
     for role in find(manifests, "Role"):
         for rule in role["rules"]:
-            if set(rule["resources"]) & {"secrets", "pods", "pods/exec", "pods/log", "services", "statefulsets",
-                                         "configmaps"}:
+            if set(rule["resources"]) & {
+                "secrets",
+                "pods",
+                "pods/exec",
+                "pods/log",
+                "services",
+                "statefulsets",
+                "configmaps",
+            }:
                 if rule["verbs"] == ["create"] and rule["resources"] == ["secrets"]:
                     # "create" cannot carry names; only the admission policy may narrow it
                     assert find(manifests, "ValidatingAdmissionPolicy"), f"{rule} without the admission policy"
@@ -94,36 +104,51 @@ def test_no_rule_on_named_objects_is_ever_unrestricted(values):
 
 
 @pytest.mark.parametrize("replicas", [1, 3])
-@pytest.mark.parametrize("account", [{}, {"serviceAccount": {"create": False, "name": "relay-sa"}}],
-                         ids=["chart's account", "existing account"])
+@pytest.mark.parametrize(
+    "account",
+    [{}, {"serviceAccount": {"create": False, "name": "relay-sa"}}],
+    ids=["chart's account", "existing account"],
+)
 def test_a_relay_may_recreate_only_its_own_opaque_state_secrets(replicas, account):
     manifests = render({**RECREATE, **account, "replicaCount": replicas})
     user = f"system:serviceaccount:tailnet:{account.get('serviceAccount', {}).get('name', FULLNAME)}"
-    creates = [r for r in one(manifests, "Role", FULLNAME)["rules"] if "create" in r["verbs"] and "secrets" in r["resources"]]
+    creates = [
+        r for r in one(manifests, "Role", FULLNAME)["rules"] if "create" in r["verbs"] and "secrets" in r["resources"]
+    ]
     assert creates == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}], creates
     name = f"{FULLNAME}.tailnet.state-secrets"
     policy = one(manifests, "ValidatingAdmissionPolicy", name)["spec"]
     assert policy["failurePolicy"] == "Fail"
     assert policy["matchConstraints"]["resourceRules"] == [
-        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["secrets"]}]
-    assert [c["expression"] for c in policy["matchConditions"]] == [f"request.userInfo.username == '{user}'"], \
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["secrets"]}
+    ]
+    assert [c["expression"] for c in policy["matchConditions"]] == [f"request.userInfo.username == '{user}'"], (
         "the policy must apply to the relay's ServiceAccount, and only to it"
+    )
     names = [f"'{FULLNAME}-state-{i}'" for i in range(replicas)]
     assert policy["variables"] == [{"name": "stateSecrets", "expression": f"[{', '.join(names)}]"}]
     expressions = [v["expression"] for v in policy["validations"]]
     assert "object.metadata.name in variables.stateSecrets" in expressions[0]
     assert "object.type == 'Opaque'" in expressions[1]
     binding = one(manifests, "ValidatingAdmissionPolicyBinding", name)["spec"]
-    assert binding == {"policyName": name, "validationActions": ["Deny"], "matchResources": {
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tailnet"}}}}
+    assert binding == {
+        "policyName": name,
+        "validationActions": ["Deny"],
+        "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tailnet"}}},
+    }
 
 
 def test_by_default_the_relay_may_not_create_secrets_and_nothing_cluster_scoped_is_rendered():
     manifests = render()
-    assert not [r for role in find(manifests, "Role") for r in role["rules"] if "create" in r["verbs"]
-                and "secrets" in r["resources"]]
-    assert not [m for m in manifests if "namespace" not in m["metadata"]], \
+    assert not [
+        r
+        for role in find(manifests, "Role")
+        for r in role["rules"]
+        if "create" in r["verbs"] and "secrets" in r["resources"]
+    ]
+    assert not [m for m in manifests if "namespace" not in m["metadata"]], (
         "the default install must need only namespace rights"
+    )
 
 
 def test_an_existing_service_account_is_bound_by_its_name():
@@ -138,20 +163,29 @@ def test_scaling_outside_helm_is_refused_by_a_policy_that_names_replica_count(re
     manifests = render({"rbac": {"refuseScalingOutsideHelm": True}, "replicaCount": replicas})
     annotation = "tailscale-peer-relay.chart/replica-count"
     sts = one(manifests, "StatefulSet")
-    assert sts["metadata"]["annotations"][annotation] == str(replicas) and sts["spec"]["replicas"] == replicas, \
+    assert sts["metadata"]["annotations"][annotation] == str(replicas) and sts["spec"]["replicas"] == replicas, (
         "the StatefulSet must carry the replica count it was rendered with next to spec.replicas"
+    )
     name = f"{FULLNAME}.tailnet.replicas"
     policy = one(manifests, "ValidatingAdmissionPolicy", name)["spec"]
-    assert policy["matchConstraints"]["resourceRules"] == [{
-        "apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["UPDATE"],
-        "resources": ["statefulsets", "statefulsets/scale"], "resourceNames": [FULLNAME]}]
+    assert policy["matchConstraints"]["resourceRules"] == [
+        {
+            "apiGroups": ["apps"],
+            "apiVersions": ["v1"],
+            "operations": ["UPDATE"],
+            "resources": ["statefulsets", "statefulsets/scale"],
+            "resourceNames": [FULLNAME],
+        }
+    ]
     assert f"'{annotation}' in object.metadata.annotations" in policy["variables"][0]["expression"]
     (validation,) = policy["validations"]
     # the scale subresource (kubectl scale, an HPA) may not change replicas at all; the StatefulSet only to the
     # count Helm wrote beside them
-    assert validation["expression"] == ("has(request.subResource) && request.subResource == 'scale' ? "
-                                        "object.spec.replicas == oldObject.spec.replicas : "
-                                        "object.spec.replicas == variables.rendered")
+    assert validation["expression"] == (
+        "has(request.subResource) && request.subResource == 'scale' ? "
+        "object.spec.replicas == oldObject.spec.replicas : "
+        "object.spec.replicas == variables.rendered"
+    )
     assert "replicaCount" in validation["messageExpression"]
     binding = one(manifests, "ValidatingAdmissionPolicyBinding", name)["spec"]
     assert binding["policyName"] == name and binding["validationActions"] == ["Deny"]

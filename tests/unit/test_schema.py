@@ -1,4 +1,5 @@
 """values.schema.json: itself valid, strict about keys, types, ranges and endpoint forms."""
+
 import ipaddress
 import json
 import random
@@ -43,6 +44,7 @@ def test_every_value_in_values_yaml_is_described_by_the_schema():
             sub = schema["properties"][key]
             if isinstance(value, dict) and "properties" in sub:
                 walk(value, sub, path + (key,))
+
     walk(DEFAULTS, SCHEMA, ())
 
 
@@ -108,16 +110,27 @@ BAD_ENDPOINTS = [
     "[fe80::1%eth0]:61441",
     " 172.16.2.3:61441",
 ]
-GOOD_ENDPOINTS = ["172.16.2.3:61441", "[fdc9:b01a:9d26:0:2::3]:61441", "[::1]:1", "10.0.0.1:65535", "[::ffff:10.0.0.1]:40000",
-                  "[2001:DB8:0:0::1]:40000", "[::]:40000", "[1::]:40000", "[1:2:3:4:5:6:1.2.3.4]:40000"]
+GOOD_ENDPOINTS = [
+    "172.16.2.3:61441",
+    "[fdc9:b01a:9d26:0:2::3]:61441",
+    "[::1]:1",
+    "10.0.0.1:65535",
+    "[::ffff:10.0.0.1]:40000",
+    "[2001:DB8:0:0::1]:40000",
+    "[::]:40000",
+    "[1::]:40000",
+    "[1:2:3:4:5:6:1.2.3.4]:40000",
+]
 
 
 @pytest.mark.parametrize("endpoint", BAD_ENDPOINTS)
 def test_malformed_endpoints_fail_saying_what_is_expected(endpoint):
     with pytest.raises(RenderError) as failure:
         render({"relay": {"staticEndpoints": [endpoint]}})
-    assert (f"relay.staticEndpoints: {json.dumps(endpoint)} is not an endpoint: write IPv4:port or [IPv6]:port with a "
-            "port from 1 to 65535") in str(failure.value)
+    assert (
+        f"relay.staticEndpoints: {json.dumps(endpoint)} is not an endpoint: write IPv4:port or [IPv6]:port with a "
+        "port from 1 to 65535"
+    ) in str(failure.value)
     assert "(25[0-5]" not in str(failure.value), "the message should say it in words, not show the expression"
 
 
@@ -150,6 +163,8 @@ def test_the_endpoint_expression_agrees_with_an_ip_parser():
     for _ in range(5000):
         address = ":".join(rng.choice(groups) for _ in range(rng.randint(0, 9)))
         samples.append(f"[{address}]:{rng.choice([1, 80, 65535, 65536, 0])}")
-        samples.append(f"{'.'.join(str(rng.randint(0, 300)) for _ in range(rng.choice([3, 4, 5])))}:{rng.randint(0, 70000)}")
+        samples.append(
+            f"{'.'.join(str(rng.randint(0, 300)) for _ in range(rng.choice([3, 4, 5])))}:{rng.randint(0, 70000)}"
+        )
     wrong = [s for s in samples if bool(expression.fullmatch(s)) != parses_like_tailscale(s)]
     assert not wrong, f"validate.yaml's endpoint expression disagrees with an IP parser on {wrong[:10]}"

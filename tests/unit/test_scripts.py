@@ -1,4 +1,5 @@
 """Shell scripts (everything under scripts/ and .ci/) pass shellcheck."""
+
 import subprocess
 
 import pytest

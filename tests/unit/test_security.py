@@ -1,4 +1,5 @@
 """Secure by default: no privilege, no latest tag, the auth key never in plain sight."""
+
 import base64
 
 import pytest
@@ -10,7 +11,10 @@ VARIANTS = {
     "defaults": {},
     "three replicas": {"replicaCount": 3},
     "seed setup": ci_values("seed"),
-    "oauth": {"auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "s3cr3t"}}, "tailscale": {"tags": ["tag:relay"]}},
+    "oauth": {
+        "auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "s3cr3t"}},
+        "tailscale": {"tags": ["tag:relay"]},
+    },
 }
 
 

@@ -1,4 +1,5 @@
 """One UDP Service per replica, with every service.* value applied."""
+
 import pytest
 
 from support.render import FULLNAME, find, one, render
@@ -62,7 +63,10 @@ def test_service_values_are_applied(service, key, expected):
 
 
 def test_annotations_and_labels_reach_every_replica_service():
-    values = {"replicaCount": 2, "service": {"annotations": {"io.cilium/lb-ipam-ips": "10.0.0.5"}, "labels": {"lan": "yes"}}}
+    values = {
+        "replicaCount": 2,
+        "service": {"annotations": {"io.cilium/lb-ipam-ips": "10.0.0.5"}, "labels": {"lan": "yes"}},
+    }
     for service in relay_services(render(values)):
         assert service["metadata"]["annotations"] == {"io.cilium/lb-ipam-ips": "10.0.0.5"}
         assert service["metadata"]["labels"]["lan"] == "yes"
@@ -78,4 +82,6 @@ def test_node_port_service():
 def test_headless_service_governs_the_statefulset():
     headless = one(render(), "Service", f"{FULLNAME}-headless")
     assert headless["spec"]["clusterIP"] == "None"
-    assert headless["spec"]["ports"] == [{"name": "http-local", "protocol": "TCP", "port": 9002, "targetPort": "http-local"}]
+    assert headless["spec"]["ports"] == [
+        {"name": "http-local", "protocol": "TCP", "port": 9002, "targetPort": "http-local"}
+    ]

@@ -2,6 +2,7 @@
 
 Update after a deliberate change, then review the diff:  UPDATE_SNAPSHOTS=1 scripts/test --unit -k snapshot
 """
+
 import os
 
 import pytest
@@ -25,4 +26,5 @@ def test_the_render_is_the_reviewed_snapshot(name):
     assert path.exists(), f"no snapshot {path.relative_to(REPO)}: write it with {UPDATE}"
     assert rendered == path.read_text(), (
         f"the {name} render differs from {path.relative_to(REPO)}: if the change is meant, run {UPDATE} and review "
-        "the snapshot's diff with the change")
+        "the snapshot's diff with the change"
+    )

@@ -1,4 +1,5 @@
 """The relay StatefulSet: image, identity, Tailscale settings and pod placement follow the values."""
+
 import pytest
 
 from support.render import FULLNAME, RenderError, container, env_of, find, one, relay_container, render
@@ -95,7 +96,8 @@ def test_log_upload_to_tailscale_follows_the_login_server_unless_chosen(tailscal
     else:
         assert env.get("TS_NO_LOGS_NO_SUPPORT") == "true", (
             "tailscaled would upload its logs to log.tailscale.com (and look the name up through Tailscale's public"
-            " DERP servers when DNS fails)")
+            " DERP servers when DNS fails)"
+        )
 
 
 def test_daemon_extra_args():
@@ -147,15 +149,24 @@ def test_metrics_enable_the_metrics_endpoint():
     [
         ({"authKey": "tskey-auth-x"}, f"{FULLNAME}-auth", "TS_AUTHKEY", "TS_AUTHKEY"),
         ({"existingSecret": "my-ts", "existingSecretKey": "key"}, "my-ts", "key", "TS_AUTHKEY"),
-        ({"oauth": {"clientId": "id", "clientSecret": "secret"}}, f"{FULLNAME}-auth", "TS_CLIENT_SECRET",
-         "TS_CLIENT_SECRET"),
-        ({"oauth": {"existingSecret": "oauth", "clientIdKey": "id", "clientSecretKey": "sec"}}, "oauth", "sec",
-         "TS_CLIENT_SECRET"),
+        (
+            {"oauth": {"clientId": "id", "clientSecret": "secret"}},
+            f"{FULLNAME}-auth",
+            "TS_CLIENT_SECRET",
+            "TS_CLIENT_SECRET",
+        ),
+        (
+            {"oauth": {"existingSecret": "oauth", "clientIdKey": "id", "clientSecretKey": "sec"}},
+            "oauth",
+            "sec",
+            "TS_CLIENT_SECRET",
+        ),
     ],
     ids=["auth key", "existing secret", "oauth", "existing oauth secret"],
 )
-def test_the_credential_is_a_read_only_file_from_the_named_secret_not_an_environment_variable(auth, secret, key,
-                                                                                                env_name):
+def test_the_credential_is_a_read_only_file_from_the_named_secret_not_an_environment_variable(
+    auth, secret, key, env_name
+):
     values = {"auth": {"authKey": "", **auth}, "tailscale": {"tags": ["tag:relay"]}}
     manifests = render(values)
     container = relay_container(manifests)
@@ -163,10 +174,17 @@ def test_the_credential_is_a_read_only_file_from_the_named_secret_not_an_environ
     # containerboot reads "file:<path>" for both; a secretKeyRef would put the secret in the process environment
     assert env[env_name] == f"file:/etc/tailscale/auth/{key}"
     volumes = {v["name"]: v for v in one(manifests, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["auth"]["secret"] == {"secretName": secret, "defaultMode": 0o440, "items": [{"key": key, "path": key}]}
+    assert volumes["auth"]["secret"] == {
+        "secretName": secret,
+        "defaultMode": 0o440,
+        "items": [{"key": key, "path": key}],
+    }
     assert {"name": "auth", "mountPath": "/etc/tailscale/auth", "readOnly": True} in container["volumeMounts"]
-    others = [c["name"] for c in one(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"]
-              if c is not container and any(m["name"] == "auth" for m in c.get("volumeMounts", []))]
+    others = [
+        c["name"]
+        for c in one(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+        if c is not container and any(m["name"] == "auth" for m in c.get("volumeMounts", []))
+    ]
     assert not others, f"only the relay container may see the credential, not {others}"
     secret_env = {name for name, value in env.items() if isinstance(value, dict) and "secretKeyRef" in value}
     assert secret_env <= {"TS_CLIENT_ID"}, f"secrets in the environment: {secret_env}"
@@ -180,10 +198,16 @@ def test_pod_placement_and_extras():
     values = {
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}],
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchExpressions": [{"key": "lan", "operator": "In", "values": ["yes"]}]}]}}},
-        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                                       "whenUnsatisfiable": "DoNotSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [{"key": "lan", "operator": "In", "values": ["yes"]}]}]
+                }
+            }
+        },
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule"}
+        ],
         "priorityClassName": "system-cluster-critical",
         "podAnnotations": {"example.com/a": "b"},
         "podLabels": {"team": "net"},
@@ -195,8 +219,15 @@ def test_pod_placement_and_extras():
     sts = one(render(values), "StatefulSet")
     pod = sts["spec"]["template"]
     spec = pod["spec"]
-    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "priorityClassName",
-                "imagePullSecrets", "terminationGracePeriodSeconds"):
+    for key in (
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "topologySpreadConstraints",
+        "priorityClassName",
+        "imagePullSecrets",
+        "terminationGracePeriodSeconds",
+    ):
         assert spec[key] == values[key], key
     assert pod["metadata"]["annotations"]["example.com/a"] == "b"
     assert pod["metadata"]["labels"]["team"] == "net"
@@ -235,8 +266,13 @@ def test_several_relays_get_a_disruption_budget_and_spread_over_nodes(replicas, 
 
 
 def test_the_users_affinity_and_budget_settings_win():
-    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": "edge", "operator": "Exists"}]}]}}}
+    mine = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "edge", "operator": "Exists"}]}]
+            }
+        }
+    }
     manifests = render({"replicaCount": 2, "affinity": mine, "podDisruptionBudget": {"enabled": False}})
     assert one(manifests, "StatefulSet")["spec"]["template"]["spec"]["affinity"] == mine
     assert not find(manifests, "PodDisruptionBudget")

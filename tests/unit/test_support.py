@@ -2,6 +2,7 @@
 cluster layering drops exactly what names another cluster, the one wait says what it waited for and saw last, and a
 test namespace is a leftover only when the session that made it is over, and a relay that outlived one whole wait is
 not waited for again."""
+
 import os
 import subprocess
 import sys
@@ -10,32 +11,48 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from support.cluster import ELSEWHERE, UNROUTED, on_cluster
-from support.render import FULLNAME, chart_names, find, names_in, render
-from support.helm import run_helm
 from support import tailnet
-from support.namespaces import (HOST_LABEL, SESSION_LABEL, cordon_left_reason, leftover_reason, process_start,
-                                session_labels)
+from support.cluster import ELSEWHERE, UNROUTED, on_cluster
+from support.helm import run_helm
+from support.namespaces import (
+    HOST_LABEL,
+    SESSION_LABEL,
+    cordon_left_reason,
+    leftover_reason,
+    process_start,
+    session_labels,
+)
+from support.render import FULLNAME, chart_names, find, names_in, render
 from support.repo import CHART
 from support.values import AGENT_IMAGE, VARIANTS, ci_value_names, ci_values, deep_merge, endpoint, installable
 from support.wait import wait_for
 
 
-@pytest.mark.parametrize("values", [{}, {"replicaCount": 3}, {"fullnameOverride": "edge"}, {"nameOverride": "x"}],
-                         ids=["defaults", "three replicas", "fullnameOverride", "nameOverride"])
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"replicaCount": 3}, {"fullnameOverride": "edge"}, {"nameOverride": "x"}],
+    ids=["defaults", "three replicas", "fullnameOverride", "nameOverride"],
+)
 def test_the_names_read_off_the_render_are_the_objects_the_chart_makes(values):
     manifests = render(values)
     names = names_in(manifests)
     replicas = values.get("replicaCount", 1)
     assert {m["metadata"]["name"] for m in find(manifests, "Pod")} == {names.test_pod}
-    assert {m["metadata"]["name"] for m in find(manifests, "ServiceAccount")} == {names.relay_account, names.hook_account}
+    assert {m["metadata"]["name"] for m in find(manifests, "ServiceAccount")} == {
+        names.relay_account,
+        names.hook_account,
+    }
     secrets = {m["metadata"]["name"] for m in find(manifests, "Secret")}
     assert secrets == {names.auth_secret} | {names.state_secret(i) for i in range(replicas)}
-    assert {m["metadata"]["name"] for m in find(manifests, "ConfigMap")} >= {names.status_configmap(i)
-                                                                             for i in range(replicas)}
-    assert [m["metadata"]["name"] for m in find(manifests, "Service") if m["spec"].get("type") == "LoadBalancer"] == \
-        [names.pod(i) for i in range(replicas)], "each replica's Service is named as its pod"
-    assert sorted(n for n in secrets if names.is_state_secret(n)) == sorted(names.state_secret(i) for i in range(replicas))
+    assert {m["metadata"]["name"] for m in find(manifests, "ConfigMap")} >= {
+        names.status_configmap(i) for i in range(replicas)
+    }
+    assert [m["metadata"]["name"] for m in find(manifests, "Service") if m["spec"].get("type") == "LoadBalancer"] == [
+        names.pod(i) for i in range(replicas)
+    ], "each replica's Service is named as its pod"
+    assert sorted(n for n in secrets if names.is_state_secret(n)) == sorted(
+        names.state_secret(i) for i in range(replicas)
+    )
 
 
 def test_the_default_fullname_is_the_renders():
@@ -58,28 +75,41 @@ def test_on_the_cluster_a_variant_loses_only_what_the_cluster_supplies_its_own_w
     assert "metallb.io/loadBalancerIPs" not in installable["service"]["annotations"]
     assert "tags" not in installable["tailscale"]
     # everything else is the variant's
-    assert deep_merge(installable, {"auth": {"existingSecret": seed["auth"]["existingSecret"]},
-                                    "service": {"annotations": seed["service"]["annotations"]},
-                                    "tailscale": {"tags": seed["tailscale"]["tags"]}}) == seed
+    assert (
+        deep_merge(
+            installable,
+            {
+                "auth": {"existingSecret": seed["auth"]["existingSecret"]},
+                "service": {"annotations": seed["service"]["annotations"]},
+                "tailscale": {"tags": seed["tailscale"]["tags"]},
+            },
+        )
+        == seed
+    )
     assert set(ELSEWHERE) | set(UNROUTED) == {"auth", "service", "tailscale"}
 
 
 def test_on_the_cluster_a_variant_loses_its_example_key_for_the_clusters():
     assert ci_values("replicas")["auth"]["authKey"], "the variant is complete: it has a (fake) credential"
-    assert "authKey" not in on_cluster("replicas").get("auth", {}), \
+    assert "authKey" not in on_cluster("replicas").get("auth", {}), (
         "the variant's fake key would go over the cluster's real one"
+    )
 
 
 def test_helms_merge_deletes_what_the_overlay_sets_to_none(tmp_path):
     # ct install puts the cluster's values over each variant as a second values file: its None must delete there too
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump(deep_merge(ELSEWHERE, {"auth": {"authKey": "tskey-auth-x"}, **AGENT_IMAGE})))
-    result = run_helm("template", "relay", str(CHART), "--values", str(VARIANTS / "seed-values.yaml"),
-                      "--values", str(overlay))
+    result = run_helm(
+        "template", "relay", str(CHART), "--values", str(VARIANTS / "seed-values.yaml"), "--values", str(overlay)
+    )
     assert result.returncode == 0, result.stderr
     manifests = [m for m in yaml.safe_load_all(result.stdout) if m]
-    relay = next(c for c in find(manifests, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"]
-                 if c["name"] == "tailscale")
+    relay = next(
+        c
+        for c in find(manifests, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "tailscale"
+    )
     env = {e["name"]: e for e in relay["env"]}
     assert "tailscale-auth" not in str(env), "the variant's existing Secret should be gone"
     assert "TS_EXTRA_ARGS" not in env or "advertise-tags" not in str(env["TS_EXTRA_ARGS"]), "the tags should be gone"
@@ -96,7 +126,9 @@ def test_the_example_key_goes_under_values_without_a_credential_of_their_own():
 
 def test_an_agent_image_goes_under_values_that_name_none():
     assert installable({})["agent"]["image"]["repository"] == AGENT_IMAGE["agent"]["image"]["repository"]
-    assert installable({"agent": {"image": {"repository": "mine/agent"}}})["agent"]["image"]["repository"] == "mine/agent"
+    assert (
+        installable({"agent": {"image": {"repository": "mine/agent"}}})["agent"]["image"]["repository"] == "mine/agent"
+    )
 
 
 @pytest.mark.parametrize("address, spelled", [("192.0.2.1", "192.0.2.1:61441"), ("fd00::1", "[fd00::1]:61441")])
@@ -117,9 +149,17 @@ def test_the_wait_fails_naming_what_it_waited_for_and_what_it_saw_last():
         if len(calls) == 1:
             raise KeyError("not yet")
         return {"ready": False, "calls": len(calls)}
+
     with pytest.raises(pytest.fail.Exception) as failed:
-        wait_for(observe, "the relay to be ready", 0.05, interval=0.01, tolerate=(KeyError,),
-                 until=lambda s: s["ready"], explain=lambda: "the relay's log says: nothing yet")
+        wait_for(
+            observe,
+            "the relay to be ready",
+            0.05,
+            interval=0.01,
+            tolerate=(KeyError,),
+            until=lambda s: s["ready"],
+            explain=lambda: "the relay's log says: nothing yet",
+        )
     message = str(failed.value)
     assert "waited 0.05s for the relay to be ready" in message
     assert "saw last: {'ready': False" in message and "the relay's log says: nothing yet" in message
@@ -162,8 +202,9 @@ def test_the_namespace_of_an_ended_session_is_a_leftover():
 def test_a_reused_process_id_does_not_keep_an_ended_sessions_namespace():
     pid, start = session_labels()[SESSION_LABEL].split("-")
     labels = session_labels() | {SESSION_LABEL: f"{pid}-{int(start) - 1}"}
-    assert "is over" in leftover_reason("it-0123abcd", labels), \
+    assert "is over" in leftover_reason("it-0123abcd", labels), (
         "a live process with the session's id but another start time is another process"
+    )
 
 
 def test_another_hosts_session_is_left_alone():
@@ -171,15 +212,18 @@ def test_another_hosts_session_is_left_alone():
     assert leftover_reason("it-0123abcd", labels) is None
 
 
-@pytest.mark.parametrize("name", ["kube-system", "tailnet-workload", "it-bench", "relay-bench-event-123",
-                                  "it-0123abcd-x"])
+@pytest.mark.parametrize(
+    "name", ["kube-system", "tailnet-workload", "it-bench", "relay-bench-event-123", "it-0123abcd-x"]
+)
 def test_a_namespace_the_tests_did_not_name_is_never_a_leftover(name):
     assert leftover_reason(name, None) is None
 
 
 def node(unschedulable: bool, annotations: dict | None) -> SimpleNamespace:
-    return SimpleNamespace(spec=SimpleNamespace(unschedulable=unschedulable),
-                           metadata=SimpleNamespace(name="relay-test-worker", annotations=annotations))
+    return SimpleNamespace(
+        spec=SimpleNamespace(unschedulable=unschedulable),
+        metadata=SimpleNamespace(name="relay-test-worker", annotations=annotations),
+    )
 
 
 def test_a_node_cordoned_by_an_ended_session_is_a_leftover_and_one_cordoned_by_a_person_is_not():
@@ -201,8 +245,11 @@ class FakeCore:
         assert label_selector == "app.kubernetes.io/component=relay"
         pods = self.seen[min(self.calls, len(self.seen) - 1)]
         self.calls += 1
-        return SimpleNamespace(items=[SimpleNamespace(metadata=SimpleNamespace(namespace=p.split("/")[0],
-                                                                               name=p.split("/")[1])) for p in pods])
+        return SimpleNamespace(
+            items=[
+                SimpleNamespace(metadata=SimpleNamespace(namespace=p.split("/")[0], name=p.split("/")[1])) for p in pods
+            ]
+        )
 
 
 def test_a_relay_that_outlived_a_whole_wait_fails_the_next_wait_at_once(monkeypatch):

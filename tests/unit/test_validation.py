@@ -1,4 +1,5 @@
 """Cross-field rules: bad combinations fail before anything is installed, naming the value to fix."""
+
 import pytest
 import yaml
 
@@ -18,7 +19,8 @@ CASES = {
     ),
     "key and existing secret": (
         {"auth": {"authKey": "tskey-auth-k1", "existingSecret": "mine"}},
-        "auth: set only one of auth.authKey, auth.existingSecret or auth.oauth; found auth.authKey, auth.existingSecret",
+        "auth: set only one of auth.authKey, auth.existingSecret or auth.oauth; "
+        "found auth.authKey, auth.existingSecret",
     ),
     "key and oauth": (
         {"auth": {"authKey": "tskey-auth-k1", "oauth": {"clientId": "id", "clientSecret": "s"}}, **TAGGED},
@@ -49,13 +51,17 @@ CASES = {
         "service.nodePort: each replica has its own Service",
     ),
     "load balancer class on a node port": (
-        {"service": {"type": "NodePort", "nodePort": 30001, "loadBalancerClass": "x"},
-         "relay": {"staticEndpoints": ["192.0.2.1:30001"]}},
+        {
+            "service": {"type": "NodePort", "nodePort": 30001, "loadBalancerClass": "x"},
+            "relay": {"staticEndpoints": ["192.0.2.1:30001"]},
+        },
         "service.loadBalancerClass: only applies to service.type LoadBalancer",
     ),
     "source ranges on a node port": (
-        {"service": {"type": "NodePort", "nodePort": 30001, "loadBalancerSourceRanges": ["10.0.0.0/8"]},
-         "relay": {"staticEndpoints": ["192.0.2.1:30001"]}},
+        {
+            "service": {"type": "NodePort", "nodePort": 30001, "loadBalancerSourceRanges": ["10.0.0.0/8"]},
+            "relay": {"staticEndpoints": ["192.0.2.1:30001"]},
+        },
         "service.loadBalancerSourceRanges: only applies to service.type LoadBalancer",
     ),
     "single stack with two families": (
@@ -84,8 +90,10 @@ CASES = {
         "service.nodePort: with service.type NodePort, fix the node port",
     ),
     "a static endpoint on another port than the node port": (
-        {"service": {"type": "NodePort", "nodePort": 30441},
-         "relay": {"staticEndpoints": ["192.0.2.1:30441", "[2001:db8::1]:40000"]}},
+        {
+            "service": {"type": "NodePort", "nodePort": 30441},
+            "relay": {"staticEndpoints": ["192.0.2.1:30441", "[2001:db8::1]:40000"]},
+        },
         "relay.staticEndpoints: [2001:db8::1]:40000 does not use service.nodePort 30441",
     ),
     "a value removed in 0.2.0": (
@@ -104,11 +112,11 @@ CASES = {
         # every pod of the namespace that names no account runs as "default": the relay's Role (its state Secrets,
         # which hold the node keys) must not be bound to it
         {"serviceAccount": {"create": False, "name": "default"}},
-        "serviceAccount.name: \"default\" is the account every pod in the namespace runs as",
+        'serviceAccount.name: "default" is the account every pod in the namespace runs as',
     ),
     "the default service account, to be created": (
         {"serviceAccount": {"name": "default"}},
-        "serviceAccount.name: \"default\" is the account every pod in the namespace runs as",
+        'serviceAccount.name: "default" is the account every pod in the namespace runs as',
     ),
     "a prometheus rule without metrics": (
         {"metrics": {"prometheusRule": {"enabled": True}}},
@@ -169,6 +177,10 @@ def test_an_install_from_a_checkout_without_an_agent_image_says_how_to_build_pus
     with pytest.raises(RenderError) as refused:
         render({"agent": {"image": {"repository": ""}}})
     message, version = str(refused.value), yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
-    for step in ("scripts/agent-image --out relay-agent-oci", f"oras cp --from-oci-layout relay-agent-oci:{version}",
-                 "--set agent.image.repository=REGISTRY/relay-agent", "Install a released chart"):
+    for step in (
+        "scripts/agent-image --out relay-agent-oci",
+        f"oras cp --from-oci-layout relay-agent-oci:{version}",
+        "--set agent.image.repository=REGISTRY/relay-agent",
+        "Install a released chart",
+    ):
         assert step in message, f"the refusal should say {step!r}: {message}"

@@ -1,4 +1,5 @@
 """Every value in values.yaml changes the rendered manifests: none is silently ignored."""
+
 import pytest
 import yaml
 
@@ -11,8 +12,12 @@ EXISTING = {"auth": {"authKey": "", "existingSecret": "ts-auth"}}
 OAUTH = {"auth": {"authKey": "", "oauth": {"clientId": "id", "clientSecret": "secret"}}, **TAGS}
 OAUTH_EXISTING = {"auth": {"authKey": "", "oauth": {"existingSecret": "oauth"}}, **TAGS}
 MONITOR = {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}}}
-MONITOR_ARGS = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
-                "--api-versions", "monitoring.coreos.com/v1/PrometheusRule")
+MONITOR_ARGS = (
+    "--api-versions",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions",
+    "monitoring.coreos.com/v1/PrometheusRule",
+)
 RULE = {"metrics": {"enabled": True, "prometheusRule": {"enabled": True}}}
 DASHBOARD = {"metrics": {"enabled": True, "dashboard": {"enabled": True}}}
 NETPOL = {"networkPolicy": {"enabled": True}}
@@ -48,8 +53,10 @@ CHANGES = {
     "auth.oauth.clientSecretKey": (OAUTH_EXISTING, {"auth": {"oauth": {"clientSecretKey": "secret"}}}),
     "auth.oauth.ephemeral": (OAUTH, {"auth": {"oauth": {"ephemeral": True}}}),
     "auth.oauth.preauthorized": (OAUTH, {"auth": {"oauth": {"preauthorized": False}}}),
-    "service.type": ({"relay": {"staticEndpoints": ["192.0.2.1:30001"]}, "service": {"nodePort": 30001}},
-                     {"service": {"type": "NodePort"}}),
+    "service.type": (
+        {"relay": {"staticEndpoints": ["192.0.2.1:30001"]}, "service": {"nodePort": 30001}},
+        {"service": {"type": "NodePort"}},
+    ),
     "service.annotations": ({}, {"service": {"annotations": {"a": "b"}}}),
     "service.labels": ({}, {"service": {"labels": {"a": "b"}}}),
     "service.loadBalancerClass": ({}, {"service": {"loadBalancerClass": "example.com/lb"}}),
@@ -65,7 +72,10 @@ CHANGES = {
     "agent.port": ({}, {"agent": {"port": 9010}}),
     "agent.resyncSeconds": ({}, {"agent": {"resyncSeconds": 60}}),
     "agent.reloginAfterSeconds": ({}, {"agent": {"reloginAfterSeconds": 0}}),
-    "agent.loginServerCA": ({}, {"agent": {"loginServerCA": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}),
+    "agent.loginServerCA": (
+        {},
+        {"agent": {"loginServerCA": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}},
+    ),
     "agent.resources": ({}, {"agent": {"resources": {"limits": {"memory": "48Mi"}}}}),
     "hook.timeoutSeconds": ({}, {"hook": {"timeoutSeconds": 60}}),
     "hook.weight": ({}, {"hook": {"weight": 1}}),
@@ -79,7 +89,10 @@ CHANGES = {
     "rbac.refuseScalingOutsideHelm": ({}, {"rbac": {"refuseScalingOutsideHelm": True}}),
     "health.port": ({}, {"health": {"port": 9100}}),
     "metrics.enabled": ({}, {"metrics": {"enabled": True}}),
-    "metrics.serviceMonitor.enabled": ({"metrics": {"enabled": True}}, {"metrics": {"serviceMonitor": {"enabled": True}}}),
+    "metrics.serviceMonitor.enabled": (
+        {"metrics": {"enabled": True}},
+        {"metrics": {"serviceMonitor": {"enabled": True}}},
+    ),
     "metrics.serviceMonitor.interval": (MONITOR, {"metrics": {"serviceMonitor": {"interval": "1m"}}}),
     "metrics.serviceMonitor.labels": (MONITOR, {"metrics": {"serviceMonitor": {"labels": {"release": "prom"}}}}),
     "metrics.prometheusRule.enabled": ({"metrics": {"enabled": True}}, RULE),
@@ -108,8 +121,14 @@ CHANGES = {
     "nodeSelector": ({}, {"nodeSelector": {"a": "b"}}),
     "tolerations": ({}, {"tolerations": [{"operator": "Exists"}]}),
     "affinity": ({}, {"affinity": {"podAntiAffinity": {}}}),
-    "topologySpreadConstraints": ({}, {"topologySpreadConstraints": [
-        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]}),
+    "topologySpreadConstraints": (
+        {},
+        {
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+            ]
+        },
+    ),
     "priorityClassName": ({}, {"priorityClassName": "high"}),
     "terminationGracePeriodSeconds": ({}, {"terminationGracePeriodSeconds": 5}),
     "test.enabled": ({}, {"test": {"enabled": False}}),

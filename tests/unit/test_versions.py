@@ -1,4 +1,5 @@
 """One versions file: the chart, the tools and the tests agree with scripts/versions.env."""
+
 import subprocess
 
 import pytest
