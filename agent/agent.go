@@ -61,8 +61,11 @@ type Status struct {
 	LoginError       string   `json:"loginError,omitempty"` // tailscaled's last login error (its login-state health)
 	APIServer        string   `json:"apiServer,omitempty"`  // empty: answering
 	Warnings         []string `json:"warnings,omitempty"`
-	EventsDropped    int      `json:"eventsDropped,omitempty"` // Events the API server did not take in time, or over the cap
-	Since            string   `json:"since"`                   // when this status began
+	RelayGrantedFrom []string `json:"relayGrantedFrom,omitempty"` // sources the policy grants the relay capability from
+	RelayPeers       int      `json:"relayPeers,omitempty"`       // peers with an address among them (-1: not counted)
+	Unusable         []string `json:"unusable,omitempty"`         // why no peer can use the relay, though it relays
+	EventsDropped    int      `json:"eventsDropped,omitempty"`    // Events the API server did not take in time, or over the cap
+	Since            string   `json:"since"`                      // when this status began
 }
 
 // Agent keeps one relay's settings right: see README "How it works". Four goroutines share it: the loop (Run:
@@ -98,6 +101,7 @@ type Agent struct {
 	localTimedOut bool               // a LocalAPI call of this pass ran out of time
 	lastRelaying  *Status            // the last pass that found the relay relaying
 	busySince     time.Time          // since when tailscaled's LocalAPI has not answered in time (whileBusy)
+	relayPeers    relayPeers         // the last count of the peers that may use the relay (countPeers)
 
 	// The reporter's own.
 	written string // status.json as the ConfigMap last had it (read back or written)
@@ -244,7 +248,8 @@ func (a *Agent) noteLocal(err error) {
 	}
 }
 
-// steps: observe tailscaled, work out the endpoints, apply them, verify the relay server.
+// steps: observe tailscaled, work out the endpoints, apply them, verify the relay server, and see whether peers can
+// use it (usable: reported, not a reason to be unready).
 func (a *Agent) steps(ctx context.Context, st *Status) string {
 	self, reason := a.observe(ctx, st)
 	if reason != "" {
@@ -257,7 +262,11 @@ func (a *Agent) steps(ctx context.Context, st *Status) string {
 	if reason := a.apply(ctx, st, desired); reason != "" {
 		return reason
 	}
-	return a.verify(ctx, st, self, desired)
+	if reason := a.verify(ctx, st, self, desired); reason != "" {
+		return reason
+	}
+	a.usable(ctx, st, self)
+	return ""
 }
 
 // observe reads tailscaled's state and health, repairs a relay the control server no longer serves (checkControl),

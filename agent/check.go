@@ -124,6 +124,10 @@ func (c *Check) replica(ctx context.Context, name, statusMap, revision string) e
 		if status == nil {
 			return podState
 		}
+		if status.Ready && len(status.Unusable) > 0 {
+			return fmt.Sprintf("the relay relays on port %d, endpoints %s, but no peer can use it: %s", status.Port,
+				strings.Join(status.Endpoints, ","), strings.Join(status.Unusable, "; "))
+		}
 		if status.Ready {
 			return fmt.Sprintf("the relay agent reports port %d, endpoints %s", status.Port, strings.Join(status.Endpoints, ","))
 		}
@@ -196,19 +200,25 @@ func (c *Check) replica(ctx context.Context, name, statusMap, revision string) e
 	}
 
 	c.logf("%s: %s: waiting for the relay agent to report port %d and endpoints %s in effect", c.cfg.Mode, name, c.cfg.Port, JoinEndpoints(endpoints))
-	err = c.waitFor(ctx, fmt.Sprintf("the relay agent of %s to put port %d and endpoints %s in effect (kubectl describe pod %s)",
-		name, c.cfg.Port, JoinEndpoints(endpoints), name), func() (bool, string) {
+	// and for peers to be able to use it: the policy lets some use it, and it hears its home DERP region
+	err = c.waitFor(ctx, fmt.Sprintf("the relay agent of %s to put port %d and endpoints %s in effect, with peers "+
+		"able to use the relay (kubectl describe pod %s)", name, c.cfg.Port, JoinEndpoints(endpoints), name), func() (bool, string) {
 		if problem := readStatus(); problem != "" {
 			return false, problem
 		}
 		eps, _ := ParseEndpoints(strings.Join(status.Endpoints, ","))
-		return status.Ready && status.Port == c.cfg.Port && SameEndpoints(eps, endpoints), saw("")
+		return status.Ready && status.Port == c.cfg.Port && SameEndpoints(eps, endpoints) && len(status.Unusable) == 0,
+			saw("")
 	})
 	if err != nil {
 		return err
 	}
-	c.logf("%s: %s: relaying on port %d with endpoints %s (UDP port bound for %s)", c.cfg.Mode, name, status.Port,
-		strings.Join(status.Endpoints, ","), strings.Join(status.BoundFamilies, " and "))
+	peers := "peers that may use it: not counted"
+	if status.RelayPeers >= 0 {
+		peers = fmt.Sprintf("%d peer(s) may use it", status.RelayPeers)
+	}
+	c.logf("%s: %s: relaying on port %d with endpoints %s (UDP port bound for %s); %s", c.cfg.Mode, name, status.Port,
+		strings.Join(status.Endpoints, ","), strings.Join(status.BoundFamilies, " and "), peers)
 	return nil
 }
 

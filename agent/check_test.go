@@ -179,3 +179,14 @@ func TestAPullThatFailsForLessThanItsGraceIsWaitedFor(t *testing.T) {
 		t.Fatalf("a pull failing for less than PullGrace must be waited for, and shown at the timeout: %v", err)
 	}
 }
+
+func TestTheCheckFailsForARelayNoPeerCanUseNamingWhy(t *testing.T) {
+	why := "no peer may use this relay: the tailnet policy grants tailscale.com/cap/relay towards this node (tags none: a user's node) to no one"
+	c, _, _ := checkHarness(t, Status{PodUID: "uid-0", Ready: true, BackendState: "Running", Port: 40000,
+		Endpoints: []string{"192.0.2.10:40000"}, Unusable: []string{why}}, "")
+	err := c.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "with peers able to use the relay") ||
+		!strings.Contains(err.Error(), "but no peer can use it: "+why) {
+		t.Fatalf("a relay no peer can use must fail the check with the agent's words: %v", err)
+	}
+}

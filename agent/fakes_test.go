@@ -22,6 +22,9 @@ import (
 	"tailscale.com/net/udprelay/status"
 	"tailscale.com/tailcfg"
 	"tailscale.com/tailcfg/nodecap"
+	"tailscale.com/tailcfg/peercap"
+	"tailscale.com/types/key"
+	"tailscale.com/types/views"
 )
 
 // fakeTailscaled serves a LocalAPI on a unix socket that behaves like tailscaled 1.104.7's on the points the agent
@@ -63,7 +66,16 @@ type fakeTailscaled struct {
 	metricsReads int
 	// relayDisabled: the tailnet's nodeAttrs give this node "disable-relay-server" (nodecap.DisableRelayServer)
 	relayDisabled bool
+	// noRelayGrant: the tailnet policy grants tailscale.com/cap/relay towards this node to no one
+	noRelayGrant bool
 }
+
+// The fake tailnet: this node (tag:relay) and two peers, each with an IPv4 and an IPv6 address.
+var (
+	fakeSelfIPs  = []netip.Addr{netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("fd7a:115c:a1e0::1")}
+	fakePeerIPs  = [][]netip.Addr{{netip.MustParseAddr("100.64.0.2"), netip.MustParseAddr("fd7a:115c:a1e0::2")}, {netip.MustParseAddr("100.64.0.3"), netip.MustParseAddr("fd7a:115c:a1e0::3")}}
+	fakeSelfTags = []string{"tag:relay"}
+)
 
 func newFakeTailscaled(t *testing.T) *fakeTailscaled {
 	dir, err := os.MkdirTemp("", "ts")
@@ -118,12 +130,42 @@ func (f *fakeTailscaled) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, "/localapi/v0/")
 	switch {
 	case path == "status":
-		st := ipnstate.Status{Version: "1.104.7", BackendState: f.state.String(), Self: &ipnstate.PeerStatus{}}
+		tags := views.SliceOf(fakeSelfTags)
+		st := ipnstate.Status{Version: "1.104.7", BackendState: f.state.String(),
+			Self: &ipnstate.PeerStatus{TailscaleIPs: fakeSelfIPs, Tags: &tags}}
 		if f.relayDisabled {
 			st.Self.CapMap = tailcfg.NodeCapMap{nodecap.DisableRelayServer: nil}
 		}
+		if r.URL.Query().Get("peers") != "false" { // ipn/localapi/localapi.go L845-860
+			st.Peer = map[key.NodePublic]*ipnstate.PeerStatus{}
+			for _, ips := range fakePeerIPs {
+				st.Peer[key.NewNode().Public()] = &ipnstate.PeerStatus{TailscaleIPs: ips}
+			}
+		}
 		f.mu.Unlock()
 		writeJSON(w, st)
+	case path == "debug-packet-filter-rules" && r.Method == http.MethodPost:
+		// this node's packet filter as control sent it (ipn/localapi/debug.go L305-320: nm.PacketFilterRules); Headscale
+		// v0.29.3 compiles a grant's app capability into a CapGrant from the src nodes' addresses to this node's
+		// (hscontrol/policy/v2/compiled.go L522-563, narrowed to this node in policyutil/reduce.go L105-177)
+		rules := []tailcfg.FilterRule{{SrcIPs: []string{"*"}, DstPorts: []tailcfg.NetPortRange{{IP: "*",
+			Ports: tailcfg.PortRange{First: 0, Last: 65535}}}}}
+		if !f.noRelayGrant {
+			var srcs []string
+			for _, ips := range fakePeerIPs {
+				for _, ip := range ips {
+					srcs = append(srcs, ip.String())
+				}
+			}
+			var dsts []netip.Prefix
+			for _, ip := range fakeSelfIPs {
+				dsts = append(dsts, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+			rules = append(rules, tailcfg.FilterRule{SrcIPs: srcs, CapGrant: []tailcfg.CapGrant{{Dsts: dsts,
+				CapMap: tailcfg.PeerCapMap{peercap.Relay: nil}}}})
+		}
+		f.mu.Unlock()
+		writeJSON(w, rules)
 	case path == "prefs" && r.Method == http.MethodGet:
 		prefs := f.prefs
 		f.mu.Unlock()

@@ -1,5 +1,6 @@
 """Bad situations fail clearly and in bounded time; the release is reported failed, not hung."""
 
+import os
 import time
 
 import pytest
@@ -37,6 +38,21 @@ def test_a_relay_image_that_cannot_be_pulled_fails_the_install_long_before_its_t
     log = release.hook_log()
     assert f"relay pod {release.pod(0)} cannot start" in log and f":{missing} of its container tailscale" in log, log
     assert "timed out" not in log, f"the hook should name the image, not wait for its timeout:\n{log}"
+
+
+def test_a_relay_no_peer_can_use_fails_the_install_naming_the_missing_grant_and_the_unheard_derp(release):
+    # A user's node (the tailnet's untagged key), which the test tailnet's grant (dst tag:relay) does not cover, and
+    # without the test cluster's DERP-over-HTTP setting, so that it cannot reach Headscale's embedded DERP server: it
+    # relays, and no peer can use it. Ready all the same: readiness would fix neither (the hook and an Event say it).
+    values = {"auth": {"authKey": os.environ["CLIENT_AUTHKEY"]}, "extraEnv": [], "hook": {"timeoutSeconds": 60}}
+    result = release.install(values, check=False, wait=False, timeout="4m")
+    assert result.returncode != 0, "install must fail when no peer can use the relay"
+    log = release.hook_log()
+    assert "but no peer can use it: no peer may use this relay" in log, log
+    assert '"tailscale.com/cap/relay": []' in log and "does not hear its home DERP region" in log, log
+    status = release.agent_status(0)
+    assert status["ready"] and len(status["unusable"]) == 2, status
+    assert "RelayNotUsable" in [reason for reason, _ in release.agent_events(release.pod(0))]
 
 
 def test_a_bad_auth_key_names_the_cause(release):

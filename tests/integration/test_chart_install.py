@@ -23,6 +23,11 @@ def test_seed_setup_is_configured_by_one_install(release):
     assert port == str(PORT)
     assert endpoints == expected, "the relay advertises exactly the Service's addresses with the relay port"
     assert PORT in release.udp_ports_bound(pod), "the relay's UDP port is not bound inside the pod"
+    # the test tailnet's grant (tailscale.com/cap/relay from every node to tag:relay) covers the LAN device and the
+    # workload at least, and the relay hears its home DERP region
+    status = release.agent_status(0)
+    assert status["relayPeers"] >= 2 and not status.get("unusable"), f"peers should be able to use the relay: {status}"
+    assert "RelayUsable" in [reason for reason, _ in release.agent_events(pod)]
     release.test()
 
 
