@@ -25,8 +25,12 @@ import (
 const relayGrant = peercap.Relay
 
 // peersEvery: how often the peers the policy lets use the relay are counted again (a status with every peer, whose
-// size grows with the tailnet); at once when the policy's grant changes.
-const peersEvery = 10 * time.Minute
+// size grows with the tailnet); sooner when the grant's sources change (Headscale lists each node's addresses, so
+// they change as nodes come and go), but not more often than peersAgainAfter.
+const (
+	peersEvery      = 10 * time.Minute
+	peersAgainAfter = time.Minute
+)
 
 // derpWarnings: tailscaled's health warnings that say the relay cannot hear its home DERP region, which is where peers
 // send their allocation requests (wgengine/magicsock/relaymanager.go L1053-1056; health/warnings.go L135-209).
@@ -110,7 +114,8 @@ type relayPeers struct {
 // peersEvery (-1 while it cannot be counted).
 func (a *Agent) countPeers(ctx context.Context, from []string) int {
 	key := strings.Join(from, ",")
-	if a.relayPeers.from == key && a.now().Sub(a.relayPeers.at) < peersEvery {
+	since := a.now().Sub(a.relayPeers.at)
+	if !a.relayPeers.at.IsZero() && (since < peersAgainAfter || a.relayPeers.from == key && since < peersEvery) {
 		return a.relayPeers.count
 	}
 	callCtx, cancel := a.localCall(ctx)
