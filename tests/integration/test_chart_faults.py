@@ -44,7 +44,7 @@ def test_a_relay_no_peer_can_use_fails_the_install_naming_the_missing_grant_and_
     # A user's node (the tailnet's untagged key), which the test tailnet's grant (dst tag:relay) does not cover, and
     # without the test cluster's DERP-over-HTTP setting, so that it cannot reach Headscale's embedded DERP server: it
     # relays, and no peer can use it. Ready all the same: readiness would fix neither (the hook and an Event say it).
-    values = {"auth": {"authKey": os.environ["CLIENT_AUTHKEY"]}, "extraEnv": [], "hook": {"timeoutSeconds": 60}}
+    values = {"auth": {"authKey": os.environ["CLIENT_AUTHKEY"]}, "extraEnv": [], "hook": {"timeoutSeconds": 45}}
     result = release.install(values, check=False, wait=False, timeout="4m")
     assert result.returncode != 0, "install must fail when no peer can use the relay"
     log = release.hook_log()
