@@ -27,7 +27,8 @@ type CheckConfig struct {
 	PullGrace   time.Duration // a relay pod whose image pull fails this long fails the check at once (pullGrace)
 }
 
-// pullGrace: how long a relay pod's image pull may fail before the check gives up on it, well before Helm's timeout.
+// pullGrace: how long a relay pod's image pull may fail before the check gives up on it, well before Helm's timeout
+// (hook.imagePullGraceSeconds, IMAGE_PULL_GRACE_SECONDS; this by default).
 // The kubelet retries a failed pull after 10, 20 and 40 s (its image back-off), so 45 s is three tries: enough for a
 // registry's hiccup, and a wrong image name or a missing pull Secret is named within a minute.
 const pullGrace = 45 * time.Second

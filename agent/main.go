@@ -216,6 +216,9 @@ func check(ctx context.Context, mode string) error {
 	if cfg.Interval, err = seconds("INTERVAL_SECONDS", "2"); err != nil {
 		return err
 	}
+	if cfg.PullGrace, err = seconds("IMAGE_PULL_GRACE_SECONDS", strconv.Itoa(int(pullGrace/time.Second))); err != nil {
+		return err
+	}
 	kube, err := InClusterKube()
 	if err != nil {
 		return err

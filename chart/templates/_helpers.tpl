@@ -249,6 +249,8 @@ containers:
         value: {{ join "," $root.Values.relay.staticEndpoints | quote }}
       - name: TIMEOUT_SECONDS
         value: {{ $root.Values.hook.timeoutSeconds | quote }}
+      - name: IMAGE_PULL_GRACE_SECONDS
+        value: {{ $root.Values.hook.imagePullGraceSeconds | quote }}
     securityContext:
       {{- toYaml $root.Values.securityContext | nindent 6 }}
     resources:

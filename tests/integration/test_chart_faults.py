@@ -28,11 +28,11 @@ def test_a_load_balancer_that_never_answers_fails_the_hook_in_time(release):
 
 def test_a_relay_image_that_cannot_be_pulled_fails_the_install_long_before_its_timeout_naming_the_image(release):
     # a tag nobody publishes (this cluster pulls from nowhere): the kubelet fails the pull and backs off; the hook
-    # names the image once the pull has failed for 45 s (three tries), not after its own 240 s
+    # names the image once the pull has failed for hook.imagePullGraceSeconds (15 s here: two tries), not after its
+    # own 240 s
     missing = "v0.0.0-nobody-publishes-this"
-    result = release.install(
-        {"image": {"tag": missing}, "hook": {"timeoutSeconds": 240}}, check=False, wait=False, timeout="5m"
-    )
+    values = {"image": {"tag": missing}, "hook": {"timeoutSeconds": 240, "imagePullGraceSeconds": 15}}
+    result = release.install(values, check=False, wait=False, timeout="5m")
     assert result.returncode != 0, "install must fail when the relay's image cannot be pulled"
     assert release.status()["info"]["status"] == "failed"
     log = release.hook_log()

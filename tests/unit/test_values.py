@@ -78,6 +78,7 @@ CHANGES = {
     ),
     "agent.resources": ({}, {"agent": {"resources": {"limits": {"memory": "48Mi"}}}}),
     "hook.timeoutSeconds": ({}, {"hook": {"timeoutSeconds": 60}}),
+    "hook.imagePullGraceSeconds": ({}, {"hook": {"imagePullGraceSeconds": 15}}),
     "hook.weight": ({}, {"hook": {"weight": 1}}),
     "hook.resources": ({}, {"hook": {"resources": {"limits": {"memory": "64Mi"}}}}),
     "hook.podAnnotations": ({}, {"hook": {"podAnnotations": {"a": "b"}}}),
