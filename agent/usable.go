@@ -71,7 +71,7 @@ func (a *Agent) usable(ctx context.Context, st *Status, self *ipnstate.PeerStatu
 	a.mu.Unlock()
 	if reason := strings.Join(st.Unusable, "; "); reason != "" {
 		a.events.Once("Warning", "RelayNotUsable", reason)
-	} else if len(st.RelayGrantedFrom) > 0 {
+	} else if len(st.RelayGrantedFrom) > 0 && st.RelayPeers >= 0 {
 		a.events.Once("Normal", "RelayUsable", fmt.Sprintf("%d peer(s) of the tailnet may use this relay (%s "+
 			"granted from %s)", st.RelayPeers, relayGrant, strings.Join(st.RelayGrantedFrom, ", ")))
 	}
