@@ -59,7 +59,7 @@ def stays_ready(release, pod: str, before, seconds: float) -> None:
         time.sleep(2)
 
 
-def test_a_control_server_black_holed_then_refusing_keeps_the_relay_ready_and_its_node(release):
+def test_a_control_server_black_holed_then_refusing_and_a_crash_loop_keep_the_relays_node(release):
     release.install({**SEED, "agent": {"reloginAfterSeconds": RELOGIN_AFTER, "resyncSeconds": RESYNC}})
     pod = release.pod(0)
     advertises(release)
@@ -88,6 +88,22 @@ def test_a_control_server_black_holed_then_refusing_keeps_the_relay_ready_and_it
     assert release.node_identity(pod) == identity, "the relay must keep its node key and tailnet addresses"
     reasons = [r for r, _ in release.agent_events(pod)]
     assert "LoggingInAgain" not in reasons, f"an outage is no reason to log the relay out: {reasons}"
+    advertises(release)
+    # Then the tailscale container crash-loops for longer than the re-login window (RELOGIN_AFTER, and at least the
+    # map poll's 45 s back-off): each time it starts, tailscaled is Starting with its node key and no map poll yet,
+    # while the control server answers; between starts its LocalAPI does not answer, which starts the agent's clock
+    # again. It is stopped as soon as it runs, and the kubelet's back-off (10, 20, 40 s) does the rest.
+    restarts = release.container_status(pod, "tailscale").restart_count
+    crashing_until = time.monotonic() + max(RELOGIN_AFTER, 45) + 15
+    while time.monotonic() < crashing_until:
+        if release.container_status(pod, "tailscale").state.running:
+            release.stop_container(pod, "tailscale")
+        time.sleep(1)
+    release.wait_pod_ready(pod, timeout=150)
+    assert release.container_status(pod, "tailscale").restart_count >= restarts + 3, "the container should have looped"
+    assert release.node_identity(pod) == identity, "a crash loop must not cost the relay its node"
+    reasons = [r for r, _ in release.agent_events(pod)]
+    assert "LoggingInAgain" not in reasons, f"a crash loop is no reason to log the relay out: {reasons}"
     advertises(release)
 
 
