@@ -114,6 +114,20 @@ func startAgent(t *testing.T, configure func(*Config), setup func(*harness)) *ha
 	return h
 }
 
+// startRelaying starts the agent with its Service at 192.0.2.10 (and what SETUP adds after it) and waits until the
+// relay advertises that address on port 40000: where most tests begin.
+func startRelaying(t *testing.T, configure func(*Config), setup func(*harness)) *harness {
+	t.Helper()
+	h := startAgent(t, configure, func(h *harness) {
+		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
+		if setup != nil {
+			setup(h)
+		}
+	})
+	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	return h
+}
+
 func (h *harness) waitRelaying(what string, port uint16, endpoints string) {
 	h.t.Helper()
 	want, err := ParseEndpoints(endpoints)
@@ -158,10 +172,7 @@ func TestOneRunningAgentRepairsAReloginAndFollowsANewLoadBalancerAddress(t *test
 }
 
 func TestThroughAnAPIServerOutageTheRelayKeepsItsEndpointsAndStaysReady(t *testing.T) {
-	h := startAgent(t, nil, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h := startRelaying(t, nil, nil)
 
 	h.api.setBroken(true)
 	waitFor(t, "the agent to notice the API server is gone", func() (bool, string) {
@@ -293,10 +304,7 @@ func TestARelayTheControlServerNoLongerServesLogsOutToLogInAgain(t *testing.T) {
 // it has a node key, and control refuses its map requests).
 func testRelogin(t *testing.T, state ipn.State) {
 	control := fakeControl(t, nil)
-	h := startAgent(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 200 * time.Millisecond }, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h := startRelaying(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 200 * time.Millisecond }, nil)
 	h.ts.setMapPoll(false) // the node was deleted: every map request is refused
 	h.ts.setState(state, "")
 	waitFor(t, "a logout, which makes containerboot restart tailscaled and log in with the auth key", func() (bool, string) {
@@ -315,10 +323,7 @@ func testRelogin(t *testing.T, state ipn.State) {
 
 func TestAControlServerOutageIsNoReasonToLogOut(t *testing.T) {
 	control := fakeControl(t, &atomic.Bool{}) // down
-	h := startAgent(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 100 * time.Millisecond }, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h := startRelaying(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 100 * time.Millisecond }, nil)
 	h.ts.setMapPoll(false)
 	time.Sleep(600 * time.Millisecond)
 	h.ts.mu.Lock()

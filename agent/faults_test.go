@@ -24,10 +24,7 @@ import (
 )
 
 func TestABlackHoledAPIServerNeitherDelaysNorFailsAPass(t *testing.T) {
-	h := startAgent(t, nil, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h := startRelaying(t, nil, nil)
 	// A re-login itself can make one pass unready (tailscaled resets the port between the agent's apply and verify);
 	// what must not happen is a pass that fails because it waited: a LocalAPI call whose time ran out.
 	var unready atomic.Value
@@ -73,10 +70,7 @@ func TestABlackHoledAPIServerNeitherDelaysNorFailsAPass(t *testing.T) {
 }
 
 func TestAStatusConfigMapReplacedFromOutsideIsWrittenAgainWithinAResync(t *testing.T) {
-	h := startAgent(t, nil, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h := startRelaying(t, nil, nil)
 	waitFor(t, "the status ConfigMap to say Ready", func() (bool, string) {
 		st, ok := h.api.status("relay-status-0")
 		return ok && st.Ready, fmt.Sprintf("%+v", st)
@@ -90,14 +84,12 @@ func TestAStatusConfigMapReplacedFromOutsideIsWrittenAgainWithinAResync(t *testi
 }
 
 func TestTheStatusListsTailscaledsWarningsInAFixedOrder(t *testing.T) {
-	h := startAgent(t, nil, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
+	h := startRelaying(t, nil, func(h *harness) {
 		h.ts.health = map[health.WarnableCode]health.UnhealthyState{}
 		for _, code := range []string{"c", "a", "d", "b"} {
 			h.ts.health[health.WarnableCode(code)] = health.UnhealthyState{WarnableCode: health.WarnableCode(code), Text: "warning " + code}
 		}
 	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
 	// a pass every 50 ms: 40 passes, each of which would list a map's warnings in a random order
 	want := []string{"warning a", "warning b", "warning c", "warning d"}
 	for range 200 {
@@ -110,11 +102,9 @@ func TestTheStatusListsTailscaledsWarningsInAFixedOrder(t *testing.T) {
 }
 
 func TestAWatchThatTheServerEndsAtOnceIsStartedAgainAfterAPause(t *testing.T) {
-	h := startAgent(t, nil, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
+	h := startRelaying(t, nil, func(h *harness) {
 		h.api.cutWatch = true
 	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
 	time.Sleep(1500 * time.Millisecond)
 	// pauses of 1 s, then 2 s: a get at 0 s and one at 1 s; without pauses, hundreds
 	if n := h.api.gets(svcPath); n > 3 {
@@ -269,10 +259,7 @@ func TestAControlServerBehindAPrivateCAIsTrustedWithLoginServerCA(t *testing.T) 
 // the clock again.
 func TestACrashLoopingTailscaledLongerThanTheReloginWindowIsNotLoggedOut(t *testing.T) {
 	control := fakeControl(t, nil)
-	h := startAgent(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 300 * time.Millisecond }, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h := startRelaying(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 300 * time.Millisecond }, nil)
 	h.ts.setMapPoll(false)
 	for range 8 { // 1.6 s: more than five re-login windows
 		h.ts.setDown(true)
@@ -296,10 +283,7 @@ func TestACrashLoopingTailscaledLongerThanTheReloginWindowIsNotLoggedOut(t *test
 // the relay server keeps its port: the relay stays Ready, with a warning, for up to busyGrace; a relay whose port
 // is gone meanwhile is not Ready.
 func TestARelayWhoseTailscaledIsBusyButWhosePortIsBoundStaysReady(t *testing.T) {
-	h := startAgent(t, func(c *Config) { c.LocalAPITimeout = 100 * time.Millisecond }, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h := startRelaying(t, func(c *Config) { c.LocalAPITimeout = 100 * time.Millisecond }, nil)
 	h.ts.setBusy(true)
 	t.Cleanup(func() { h.ts.setBusy(false) })
 	waitFor(t, "a warning that tailscaled does not answer in time", func() (bool, string) {
@@ -330,10 +314,7 @@ func TestARelayWhoseTailscaledIsBusyButWhosePortIsBoundStaysReady(t *testing.T) 
 // node from being logged out for over two minutes).
 func TestARetryLoopSampledInFlightIsNotALiveMapPoll(t *testing.T) {
 	control := fakeControl(t, nil)
-	h := startAgent(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 200 * time.Millisecond }, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h := startRelaying(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 200 * time.Millisecond }, nil)
 	h.ts.mu.Lock()
 	h.ts.retrying = true
 	h.ts.mu.Unlock()
@@ -349,10 +330,7 @@ func TestARetryLoopSampledInFlightIsNotALiveMapPoll(t *testing.T) {
 // must not be logged out.
 func TestAStreamAProxyCutsBetweenPassesIsALiveMapPoll(t *testing.T) {
 	control := fakeControl(t, nil)
-	h := startAgent(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 100 * time.Millisecond }, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h := startRelaying(t, func(c *Config) { c.LoginServer = control; c.ReloginAfter = 100 * time.Millisecond }, nil)
 	h.ts.mu.Lock()
 	h.ts.reconnecting = true
 	reads := h.ts.metricsReads

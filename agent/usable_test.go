@@ -11,10 +11,7 @@ import (
 )
 
 func TestARelayTheGrantCoversSaysHowManyPeersMayUseIt(t *testing.T) {
-	h := startAgent(t, nil, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
-	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
+	h := startRelaying(t, nil, nil)
 	waitFor(t, "the status to count the two peers the grant covers, and nothing unusable", func() (bool, string) {
 		st := h.agent.Current()
 		return st.RelayPeers == 2 && len(st.RelayGrantedFrom) == 4 && len(st.Unusable) == 0, fmt.Sprintf("%+v", st)
@@ -25,11 +22,9 @@ func TestARelayTheGrantCoversSaysHowManyPeersMayUseIt(t *testing.T) {
 }
 
 func TestARelayNoPeerMayUseStaysReadyAndSaysWhichGrantIsMissing(t *testing.T) {
-	h := startAgent(t, nil, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
+	h := startRelaying(t, nil, func(h *harness) {
 		h.ts.noRelayGrant = true
 	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
 	waitFor(t, "the status to say no peer may use the relay, naming the grant and the node's tags", func() (bool, string) {
 		st := h.agent.Current()
 		said := strings.Join(st.Unusable, "; ")
@@ -45,12 +40,10 @@ func TestARelayThatDoesNotHearItsHomeDERPRegionSaysPeersCannotReachIt(t *testing
 	// tailscaled's text for no-derp-connection (health/warnings.go L148-175)
 	text := "Tailscale could not connect to the 'Headscale Embedded DERP' relay server. Your Internet connection might " +
 		"be down, or the server might be temporarily unavailable."
-	h := startAgent(t, nil, func(h *harness) {
-		h.api.put(svcPath, service("relay-0", "SingleStack", map[string]any{"ip": "192.0.2.10"}))
+	h := startRelaying(t, nil, func(h *harness) {
 		h.ts.health = map[health.WarnableCode]health.UnhealthyState{tsconst.HealthWarnableNoDERPConnection: {
 			WarnableCode: tsconst.HealthWarnableNoDERPConnection, Text: text}}
 	})
-	h.waitRelaying("the first settings", 40000, "192.0.2.10:40000")
 	waitFor(t, "the status to say peers cannot reach the relay, with tailscaled's words and the egress it needs", func() (bool, string) {
 		st := h.agent.Current()
 		said := strings.Join(st.Unusable, "; ")
