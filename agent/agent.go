@@ -660,10 +660,11 @@ func (a *Agent) resetZombie(why string) {
 // stream does not grow the first, a stream that a proxy cuts and tailscaled opens again grows both, a refused retry
 // loop only the first.
 func (a *Agent) mapPollActive(ctx context.Context) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	callCtx, cancel := a.localCall(ctx)
 	defer cancel()
-	metrics, err := a.ts.DaemonMetrics(ctx)
+	metrics, err := a.ts.DaemonMetrics(callCtx)
 	if err != nil {
+		a.noteLocal(err)
 		return false, err
 	}
 	values := map[string]float64{}

@@ -63,7 +63,7 @@ func (a *Agent) usable(ctx context.Context, st *Status, self *ipnstate.PeerStatu
 		if w, ok := a.health[code]; ok {
 			st.Unusable = append(st.Unusable, fmt.Sprintf("peers cannot reach this relay: it does not hear its home "+
 				"DERP region (tailscaled: %s), and peers ask a relay for a session over DERP. Let the relay reach its "+
-				"DERP servers: egress to TCP 443 (and 80) and UDP 3478 (networkPolicy.egress, a firewall, a proxy)",
+				"DERP servers: egress to TCP 443 (and 80) and UDP 3478 (an egress NetworkPolicy, a firewall, a proxy)",
 				strings.TrimSpace(w.Text)))
 			break
 		}
