@@ -139,7 +139,7 @@ def test_an_api_server_restart_leaves_the_relay_ready_and_the_lan_back_on_its_pa
     # A break of the relay path costs a client at most the time it keeps trusting the path without an answer
     # (trustUDPAddrDuration, 6.5 s) and one heartbeat (3 s) before it tries another (CLIENT_TRUST_S, HEARTBEAT_S):
     # more lost in one stretch means the path stayed broken, which is the chart's business (twice, 2026-12-06, about
-    # 30 echoes, 6 s, were lost with the relay Ready throughout: README, "What the numbers say").
+    # 30 echoes, 6 s, were lost with the relay Ready throughout: docs/proof-and-benchmarks.md, "What the numbers say").
     longest = longest_loss_seconds(summary["lost_seqs"], probe.interval)
     assert longest <= CLIENT_TRUST_S + HEARTBEAT_S, (
         f"{longest:.1f} s of echoes lost in one stretch through the API server's restart: more than a client's "

@@ -86,7 +86,7 @@ def test_with_helm_wait_a_bad_auth_key_is_named_by_the_relays_termination_messag
     message = wait_for(
         termination_message, "the relay container's termination message", 60, tolerate=(StopIteration, TypeError)
     )
-    # `kubectl describe pod` shows it as Last State: Terminated … Message: (README "When the install fails").
+    # `kubectl describe pod` shows it as Last State: Terminated … Message: (README "Troubleshooting").
     assert "key" in message.lower(), (
         f"the relay container's termination message should name the key problem: {message!r}"
     )

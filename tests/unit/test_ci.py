@@ -8,15 +8,17 @@ import sys
 import pytest
 import yaml
 
+from support.docs import blocks, commands, section
 from support.repo import REPO
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.y*ml"))
 
 
 def readme_commands():
-    block = re.search(r"## Quick start for developers.*?```sh\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-    assert block, "README.md should show the setup and test commands in its quick start"
-    return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+    """The setup and test commands the README gives (under "More documentation"; docs/development.md says more)."""
+    shown = blocks(section((REPO / "README.md").read_text(), "More documentation"), "sh")
+    assert shown, "README.md should show the setup and test commands under More documentation"
+    return commands(shown[0])
 
 
 def test_ci_runs_the_readme_commands():
