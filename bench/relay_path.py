@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client, config
 
@@ -90,7 +91,7 @@ def icmp(net: Tailnet, path: str, ip: str, count: int) -> dict:
 
 def measure(net: Tailnet, path: str, count: int) -> dict:
     """COUNT pongs that all took PATH (pongs on another path, e.g. while a path is re-established, are dropped)."""
-    pongs = []
+    pongs: list[Pong] = []
     while len(pongs) < count:
         batch = net.ping(min(50, count - len(pongs)))
         kept = [p for p in batch if p.path == path]
@@ -103,12 +104,13 @@ def measure(net: Tailnet, path: str, count: int) -> dict:
 
 def crictl_stats(pod: str, namespace: str) -> dict:
     """CPU (core-nanoseconds, cumulative) and working-set memory of a pod's tailscale container, from its kind node."""
-    node = client.CoreV1Api().read_namespaced_pod(pod, namespace).spec.node_name
+    # the API server sets it; the client types it Optional (type: ignore below)
+    node = client.CoreV1Api().read_namespaced_pod(pod, namespace).spec.node_name  # type: ignore[union-attr]
     cid = subprocess.run(
         [
             "docker",
             "exec",
-            node,
+            node,  # type: ignore[list-item]  # the API server sets it; the client types it Optional
             "crictl",
             "ps",
             "-q",
@@ -125,7 +127,8 @@ def crictl_stats(pod: str, namespace: str) -> dict:
     ).stdout.split()[0]
     stats = json.loads(
         subprocess.run(
-            ["docker", "exec", node, "crictl", "stats", "-o", "json", "--id", cid],
+            # the API server sets it; the client types it Optional (type: ignore below)
+            ["docker", "exec", node, "crictl", "stats", "-o", "json", "--id", cid],  # type: ignore[list-item]
             capture_output=True,
             text=True,
             check=True,
@@ -174,8 +177,10 @@ def iperf(net: Tailnet, workload_ip: str, server_pid: int, seconds: int, relay: 
         raise RuntimeError(f"iperf3: {report['error']}")
     out = {"seconds": seconds, "mbit_per_s": round(report["end"]["sum_received"]["bits_per_second"] / 1e6, 1)}
     if relay:
-        out["relay_cpu_cores"] = round((after["cpu_ns"] - before["cpu_ns"]) / 1e9 / (after["at"] - before["at"]), 3)
-        out["relay_memory_mib"] = round(after["memory_bytes"] / 2**20, 1)
+        # set whenever relay is (type: ignore below)
+        out["relay_cpu_cores"] = round((after["cpu_ns"] - before["cpu_ns"]) / 1e9 / (after["at"] - before["at"]), 3)  # type: ignore[index]
+        # set whenever relay is (type: ignore below)
+        out["relay_memory_mib"] = round(after["memory_bytes"] / 2**20, 1)  # type: ignore[index]
     return out
 
 
@@ -237,7 +242,8 @@ def throughput_matrix(
         try:
             relay.install({**SEED, **values})
             endpoints = relay.service_endpoints(0, PORT)
-            net.ping_until(lambda p, endpoints=endpoints: p.relay_endpoint in endpoints, 300, f"the relay ({mode})")
+            # the default argument binds this pass's endpoints (type: ignore below)
+            net.ping_until(lambda p, endpoints=endpoints: p.relay_endpoint in endpoints, 300, f"the relay ({mode})")  # type: ignore[misc]
             result = iperf(net, workload_ip, workload_pid, seconds, relay)
             log_text = relay.core.read_namespaced_pod_log(relay.pod(0), relay.namespace, container="tailscale")
         finally:
@@ -314,10 +320,12 @@ def main() -> None:
 
     workload_ip = net.workload_ip()
     workload_pod = (
-        core.list_namespaced_pod(net.workload_namespace, label_selector="app=workload").items[0].metadata.name
+        # the API server sets it; the client types it Optional (type: ignore below)
+        core.list_namespaced_pod(net.workload_namespace, label_selector="app=workload").items[0].metadata.name  # type: ignore[union-attr]
     )
-    workload_pid = host_pid(crictl_stats(workload_pod, net.workload_namespace)["cid"])
-    results = {"rtt": {}, "icmp": {}, "throughput": {}}
+    # the API server sets it; the client types it Optional (type: ignore below)
+    workload_pid = host_pid(crictl_stats(workload_pod, net.workload_namespace)["cid"])  # type: ignore[arg-type]
+    results: dict[str, Any] = {"rtt": {}, "icmp": {}, "throughput": {}}
 
     net.firewall("closed")
     results["rtt"]["derp"] = measure(net, "derp", args.pings)

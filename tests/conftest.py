@@ -32,7 +32,8 @@ def tool():
     def path(name: str) -> str:
         wait_for_later_tools(name)
         found = TOOLS / name
-        assert found.exists() or shutil.which(name), f"{name} is not installed: run scripts/setup"
-        return str(found) if found.exists() else shutil.which(name)
+        located = str(found) if found.exists() else shutil.which(name)
+        assert located, f"{name} is not installed: run scripts/setup"
+        return located
 
     return path

@@ -40,7 +40,8 @@ def can(api, namespace, service_account, verb, resource, name, subresource=None)
             ),
         )
     )
-    return client.AuthorizationV1Api(api).create_subject_access_review(review).status.allowed
+    # the API server sets it; the client types it Optional (type: ignore below)
+    return client.AuthorizationV1Api(api).create_subject_access_review(review).status.allowed  # type: ignore[union-attr]
 
 
 def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
@@ -66,7 +67,8 @@ def test_rbac_allows_only_the_relays_own_objects(release, kube_api):
     assert not can(kube_api, ns, relay_sa, "get", "secrets", names.auth_secret)
     assert not can(kube_api, ns, relay_sa, "create", "secrets", "anything")
     policies = client.AdmissionregistrationV1Api(kube_api).list_validating_admission_policy().items
-    assert not [p.metadata.name for p in policies if p.metadata.name.endswith(f".{ns}.state-secrets")], (
+    # the API server sets it; the client types it Optional (type: ignore below)
+    assert not [p.metadata.name for p in policies if p.metadata.name.endswith(f".{ns}.state-secrets")], (  # type: ignore[union-attr]
         "without rbac.relayRecreatesStateSecrets no admission policy is installed"
     )
     assert not can(kube_api, ns, relay_sa, "list", "secrets", None)
@@ -106,7 +108,7 @@ def forbidden_because(create) -> str:
     with pytest.raises(client.ApiException) as refused:
         create()
     assert refused.value.status == 403, refused.value
-    return refused.value.body
+    return refused.value.body  # type: ignore[return-value]  # the API server sets it; the client types it Optional
 
 
 def test_a_relay_that_may_recreate_its_state_secret_may_create_nothing_else(release, kube_api):
@@ -156,7 +158,8 @@ def test_scaling_outside_helm_is_refused_with_the_value_to_change(release):
     ):
         with pytest.raises(client.ApiException) as refused:
             change()
-        assert "scale with the chart value replicaCount" in refused.value.body, refused.value.body
+        # the API server sets it; the client types it Optional (type: ignore below)
+        assert "scale with the chart value replicaCount" in refused.value.body, refused.value.body  # type: ignore[operator]
     assert release.apps.read_namespaced_stateful_set(name, ns).spec.replicas == 1
     # Other changes to the StatefulSet still go through (here a label, as tools add them).
     release.apps.patch_namespaced_stateful_set(name, ns, {"metadata": {"labels": {"team": "net"}}})

@@ -203,7 +203,8 @@ def test_flux_installs_tests_and_keeps_the_relay_identity_through_drift_correcti
     )
     flux.wait(
         lambda: (
-            release.core.read_namespaced_service(pod, release.namespace).metadata.labels["app.kubernetes.io/name"]
+            # the API server sets it; the client types it Optional (type: ignore below)
+            release.core.read_namespaced_service(pod, release.namespace).metadata.labels["app.kubernetes.io/name"]  # type: ignore[index,union-attr]
             == "tailscale-peer-relay"
         ),
         "drift detection to restore the Service's label",
@@ -258,4 +259,5 @@ def test_a_failing_upgrade_is_rolled_back_by_flux_and_the_relay_keeps_its_settin
         until=lambda seen: seen[0] == (str(PORT), seen[1]),
     )
     service = release.core.read_namespaced_service(pod, release.namespace)
-    assert "metallb.io/loadBalancerIPs" not in (service.metadata.annotations or {})
+    # the API server sets it; the client types it Optional (type: ignore below)
+    assert "metallb.io/loadBalancerIPs" not in (service.metadata.annotations or {})  # type: ignore[union-attr]

@@ -53,7 +53,7 @@ def start_session(program: str = SESSION) -> tuple[subprocess.Popen, str]:
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
     )
-    name = session.stdout.readline().strip()
+    name = session.stdout.readline().strip()  # type: ignore[union-attr]  # stdout=PIPE
     assert name, f"the other test session printed nothing (exit {session.poll()})"
     return session, name
 

@@ -102,10 +102,11 @@ def scrape_targets(release, monitor: dict) -> list[tuple[str, int, str]]:
                         continue
                     targets += [
                         (e.target_ref.name, port.port, endpoint["path"])
-                        for e in endpoint_slice.endpoints
+                        # the API server sets it; the client types it Optional (type: ignore below)
+                        for e in endpoint_slice.endpoints  # type: ignore[union-attr]
                         if e.target_ref and e.target_ref.kind == "Pod"
                     ]
-    return sorted(set(targets))
+    return sorted(set(targets))  # type: ignore[arg-type]  # the API server sets it; the client types it Optional
 
 
 def scrape(release, pod: str, port: int, path: str) -> dict:

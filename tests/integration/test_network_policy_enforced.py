@@ -36,7 +36,8 @@ def hook_pod_labels(release) -> dict[str, dict]:
 
 
 def container_ports(pod: client.V1Pod) -> dict[str, int]:
-    return {p.name: p.container_port for c in pod.spec.containers for p in c.ports or []}
+    # the API server sets it; the client types it Optional (type: ignore below)
+    return {p.name: p.container_port for c in pod.spec.containers for p in c.ports or []}  # type: ignore[misc,union-attr]
 
 
 def targets(release, core) -> dict[str, str]:
@@ -55,8 +56,10 @@ def targets(release, core) -> dict[str, str]:
 
 
 def reached_from(core, namespace: str, urls: dict[str, str]) -> dict[str, int]:
-    neighbour = prober(core, namespace, "neighbour").metadata.name
-    return {what: curl_status(core, namespace, neighbour, target) for what, target in urls.items()}
+    # the API server sets it; the client types it Optional (type: ignore below)
+    neighbour = prober(core, namespace, "neighbour").metadata.name  # type: ignore[union-attr]
+    # the API server sets it; the client types it Optional (type: ignore below)
+    return {what: curl_status(core, namespace, neighbour, target) for what, target in urls.items()}  # type: ignore[arg-type]
 
 
 def test_without_policies_a_neighbour_reaches_every_port_the_policies_close(release, core, other_namespace):

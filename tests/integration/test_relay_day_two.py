@@ -163,7 +163,8 @@ def test_through_an_api_server_outage_the_relay_stays_ready_and_relaying(release
             f"the agent should say why it cannot read its Service: {live}"
         )
     finally:
-        binding.metadata = client.V1ObjectMeta(name=binding.metadata.name, labels=binding.metadata.labels)
+        # the API server sets it; the client types it Optional (type: ignore below)
+        binding.metadata = client.V1ObjectMeta(name=binding.metadata.name, labels=binding.metadata.labels)  # type: ignore[union-attr]
         rbac.create_namespaced_role_binding(release.namespace, binding)
     wait_for(
         lambda: (release.agent_status(0).get("apiServer"), [r for r, _ in release.agent_events(pod)]),

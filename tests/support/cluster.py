@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import yaml
@@ -39,7 +40,7 @@ def cluster_required() -> str | None:
     return None
 
 
-def unavailable(reason: str):
+def unavailable(reason: str) -> NoReturn:
     """The cluster or its settings are missing: a skip when someone runs the suite without a cluster, a failure when
     the run requires one (cluster_required)."""
     required = cluster_required()

@@ -14,7 +14,9 @@ class CustomObject:
         self.path = (group, version, namespace, plural)
 
     def get(self) -> dict:
-        return self.api.get_namespaced_custom_object(*self.path, self.name)
+        found = self.api.get_namespaced_custom_object(*self.path, self.name)
+        assert isinstance(found, dict), f"{self.kind} {self.name} is a JSON object (the client types it object)"
+        return found
 
     def exists(self) -> bool:
         try:
@@ -39,7 +41,7 @@ class CustomObject:
         status = self.status() if status is None else status
         return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
 
-    def apply(self, spec: dict, metadata: dict | None = None):
+    def apply(self, spec: dict, metadata: dict | None = None) -> None:
         """Creates the object with SPEC (and METADATA besides its name), or replaces the spec of the existing one."""
         try:
             current = self.get()
@@ -59,8 +61,8 @@ class CustomObject:
         current["spec"] = spec
         self.api.replace_namespaced_custom_object(*self.path, self.name, current)
 
-    def annotate(self, annotations: dict[str, str]):
+    def annotate(self, annotations: dict[str, str]) -> None:
         self.api.patch_namespaced_custom_object(*self.path, self.name, {"metadata": {"annotations": annotations}})
 
-    def delete(self):
+    def delete(self) -> None:
         self.api.delete_namespaced_custom_object(*self.path, self.name)

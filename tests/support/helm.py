@@ -10,7 +10,9 @@ import tempfile
 from support.repo import HELM
 
 
-def run_helm(*args: str, values: dict | None = None, helm: str = HELM, timeout: int | None = None):
+def run_helm(
+    *args: str, values: dict | None = None, helm: str = HELM, timeout: int | None = None
+) -> subprocess.CompletedProcess[str]:
     """Runs helm with ARGS (plus --values for VALUES, written to a temporary file) and returns the result."""
     command = [helm, *args]
     path = None

@@ -15,8 +15,13 @@ import re
 import socket
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from support.kube import metadata, name_of, pod_status
 from support.wait import wait_for
+
+if TYPE_CHECKING:  # the kubernetes client is imported where it is used: the unit tests of this module need none of it
+    from kubernetes import client
 
 SESSION_LABEL = "tailscale-relay-chart.test/session"
 HOST_LABEL = "tailscale-relay-chart.test/host"
@@ -68,16 +73,16 @@ def leftover_reason(name: str, labels: dict[str, str] | None) -> str | None:
     return session_over(labels)
 
 
-def cordon_left_reason(node) -> str | None:
+def cordon_left_reason(node: client.V1Node) -> str | None:
     """Why NODE (a V1Node) is cordoned by a test session that is over, or None: not cordoned, cordoned by no test
     session (a person's cordon is theirs), or by one that may still be running."""
-    annotations = node.metadata.annotations or {}
-    if not node.spec.unschedulable or SESSION_LABEL not in annotations:
+    annotations = metadata(node).annotations or {}
+    if not (node.spec and node.spec.unschedulable) or SESSION_LABEL not in annotations:
         return None
     return session_over(annotations)
 
 
-def create_namespace(core) -> str:
+def create_namespace(core: client.CoreV1Api) -> str:
     """Creates a test namespace (a fresh TEST_NAMESPACE name, labelled with this session) and returns its name."""
     from kubernetes import client
 
@@ -86,7 +91,7 @@ def create_namespace(core) -> str:
     return name
 
 
-def delete_cluster_scoped_objects_of(api, namespace: str):
+def delete_cluster_scoped_objects_of(api: client.ApiClient, namespace: str) -> None:
     """Deletes the cluster-scoped objects Helm made for the releases of NAMESPACE (the chart's admission policies and
     their bindings, found by Helm's release-namespace annotation): they outlive the namespace, and a warm test
     cluster would gather them run after run."""
@@ -98,11 +103,11 @@ def delete_cluster_scoped_objects_of(api, namespace: str):
         (admission.list_validating_admission_policy, admission.delete_validating_admission_policy),
     ):
         for item in list_objects().items:
-            if (item.metadata.annotations or {}).get("meta.helm.sh/release-namespace") == namespace:
-                delete(item.metadata.name)
+            if (metadata(item).annotations or {}).get("meta.helm.sh/release-namespace") == namespace:
+                delete(name_of(item))
 
 
-def remove_namespace(core, name: str):
+def remove_namespace(core: client.CoreV1Api, name: str) -> None:
     """Deletes namespace NAME and the cluster-scoped objects of its releases, and waits until its pods are gone."""
     from kubernetes import client
 
@@ -117,36 +122,37 @@ def remove_namespace(core, name: str):
     # the namespace's pods are gone. The namespace object itself goes some seconds later (the namespace controller
     # requeues its cleanup: about 10 s here, which 60-odd tests would pay again each).
     wait_for(
-        lambda: [f"{p.metadata.name} {p.status.phase}" for p in core.list_namespaced_pod(name).items],
+        lambda: [f"{name_of(p)} {pod_status(p).phase}" for p in core.list_namespaced_pod(name).items],
         f"the pods of namespace {name} to be gone (seen: the pods left)",
         300,
         until=lambda left: not left,
     )
 
 
-def uncordon_node(core, name: str) -> None:
+def uncordon_node(core: client.CoreV1Api, name: str) -> None:
     """Makes node NAME schedulable again, as `kubectl uncordon` does, and drops the cordoning session's marks."""
     core.patch_node(
         name, {"spec": {"unschedulable": False}, "metadata": {"annotations": {SESSION_LABEL: None, HOST_LABEL: None}}}
     )
 
 
-def remove_leftovers(core) -> list[str]:
+def remove_leftovers(core: client.CoreV1Api) -> list[str]:
     """Removes what test sessions that are over left on the (warm, reused) test cluster, when a run was killed before
     its teardown: their namespaces (leftover_reason), whose relays would serve the next run's paths or keep every
     tailnet test waiting for them to go, and their cordons (cordon_left_reason), which leave one node for every
     relay. Returns what it removed: namespace names and "node/NAME"."""
-    removed = []
+    removed: list[str] = []
     for node in core.list_node().items:
         reason = cordon_left_reason(node)
         if reason is not None:
-            print(f"\nuncordoning node {node.metadata.name}, cordoned by an earlier test run: {reason}")
-            uncordon_node(core, node.metadata.name)
-            removed.append(f"node/{node.metadata.name}")
+            print(f"\nuncordoning node {name_of(node)}, cordoned by an earlier test run: {reason}")
+            uncordon_node(core, name_of(node))
+            removed.append(f"node/{name_of(node)}")
     for item in core.list_namespace().items:
-        reason = leftover_reason(item.metadata.name, item.metadata.labels)
+        name = name_of(item)
+        reason = leftover_reason(name, metadata(item).labels)
         if reason is not None:
-            print(f"\nremoving namespace {item.metadata.name}, left by an earlier test run: {reason}")
-            remove_namespace(core, item.metadata.name)
-            removed.append(item.metadata.name)
+            print(f"\nremoving namespace {name}, left by an earlier test run: {reason}")
+            remove_namespace(core, name)
+            removed.append(name)
     return removed

@@ -10,6 +10,7 @@ from kubernetes import client
 from kubernetes.stream import stream
 
 from support.cluster import pod_network_routes
+from support.kube import name_of, node_name, pod_status
 from support.wait import wait_for
 
 LISTENER_PORT = 8080
@@ -28,7 +29,12 @@ ANSWERED, BLOCKED = 0, {7, 28}
 
 
 def toolbox_pod(
-    core, namespace: str, name: str, command: str, labels: dict | None = None, node: str | None = None
+    core: client.CoreV1Api,
+    namespace: str,
+    name: str,
+    command: str,
+    labels: dict | None = None,
+    node: str | None = None,
 ) -> client.V1Pod:
     """Runs COMMAND in a toolbox pod NAME (restricted-compliant; on NODE if given) and waits until it is Ready."""
     core.create_namespaced_pod(
@@ -59,18 +65,18 @@ def toolbox_pod(
         lambda: core.read_namespaced_pod(name, namespace),
         f"pod {namespace}/{name} to be Ready (seen: its status)",
         120,
-        until=lambda p: any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []),
+        until=lambda p: any(c.type == "Ready" and c.status == "True" for c in pod_status(p).conditions or []),
     )
 
 
-def prober(core, namespace: str, name: str, node: str | None = None) -> client.V1Pod:
+def prober(core: client.CoreV1Api, namespace: str, name: str, node: str | None = None) -> client.V1Pod:
     """A toolbox pod NAME that only waits (on NODE if given), for curl_status to probe from."""
     return toolbox_pod(core, namespace, name, "exec sleep 3600", node=node)
 
 
 def pod_ip(pod: client.V1Pod, family: int = 4) -> str:
     """POD's address of FAMILY (4 or 6)."""
-    return next(p.ip for p in pod.status.pod_ips if ipaddress.ip_address(p.ip).version == family)
+    return next(p.ip for p in pod_status(pod).pod_ips or [] if ipaddress.ip_address(p.ip).version == family)
 
 
 def url(address: str, port: int, path: str = "/") -> str:
@@ -81,7 +87,9 @@ def url(address: str, port: int, path: str = "/") -> str:
     )
 
 
-def wait_answers(core, namespace: str, pod: str, listener: client.V1Pod, family: int, timeout: float = 30) -> None:
+def wait_answers(
+    core: client.CoreV1Api, namespace: str, pod: str, listener: client.V1Pod, family: int, timeout: float = 30
+) -> None:
     """Waits until POD reaches the LISTENER pod over IPv FAMILY; fails with curl's last exit status and every node's
     routes, neighbours and forwarding rules. A few tries, not one: once (CI, 2026-12-03) the first IPv6 connection
     between two new pods timed out and no cause was found again; a route or rule that stays wrong fails it, and the
@@ -89,7 +97,7 @@ def wait_answers(core, namespace: str, pod: str, listener: client.V1Pod, family:
     target = url(pod_ip(listener, family), LISTENER_PORT)
     wait_for(
         lambda: curl_status(core, namespace, pod, target),
-        f"pod {namespace}/{pod} to reach pod {listener.metadata.name} on {listener.spec.node_name} at {target} "
+        f"pod {namespace}/{pod} to reach pod {name_of(listener)} on {node_name(listener)} at {target} "
         f"over IPv{family} (seen: curl's exit status; if it never does, the CNI does not route the pod network "
         "between the nodes)",
         timeout,
@@ -98,7 +106,7 @@ def wait_answers(core, namespace: str, pod: str, listener: client.V1Pod, family:
     )
 
 
-def curl_status(core, namespace: str, pod: str, target: str) -> int:
+def curl_status(core: client.CoreV1Api, namespace: str, pod: str, target: str) -> int:
     """curl's exit status for the URL TARGET from POD (3 s to connect and answer)."""
     out = stream(
         core.connect_get_namespaced_pod_exec,

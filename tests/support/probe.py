@@ -22,7 +22,12 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotations only
+    from support.tailnet import Tailnet
 
 # iputils ping -D -O: "[1764590000.123456] 64 bytes from 100.64.0.2: icmp_seq=7 ttl=64 time=1.23 ms"
 #                     "[1764590000.323456] no answer yet for icmp_seq=8"
@@ -65,7 +70,8 @@ class Echo:
         ("peer-relay", "direct")."""
         if self.rtt_ms is None:
             return "lost"
-        return {2: "derp", 1: "derp-one-way"}.get(self.derp_legs, self.path)
+        routes: dict[int | None, str] = {2: "derp", 1: "derp-one-way"}
+        return routes.get(self.derp_legs, self.path)
 
     @property
     def relayed(self) -> bool:
@@ -115,7 +121,8 @@ def echoes(
     """Every echo ping sent (replied or lost), with the paths both ways in effect when it was sent (PATHS the LAN
     device's, BACK_PATHS the workload's) and how many ways went through DERP (DERP_LEG_MS: derp_legs): ping sends
     echo N at STARTED + (N-1) * INTERVAL."""
-    replies, sent = {}, 0
+    replies: dict[int, float] = {}
+    sent = 0
     for line in ping_output.splitlines():
         if match := REPLY.match(line.strip()):
             replies.setdefault(int(match["seq"]), float(match["rtt"]))
@@ -164,12 +171,13 @@ def summarize(run: list[Echo], interval: float) -> dict:
 def timeline(run: list[Echo]) -> str:
     """One line per stretch of echoes on one route (lost ones apart): when, the route, the LAN device's relay or DERP
     region out, what the workload's status named back, how many, median round trip."""
-    lines, stretch = [], []
+    lines: list[str] = []
+    stretch: list[Echo] = []
 
-    def key(echo: Echo):
+    def key(echo: Echo) -> tuple[str, str, str]:
         return ("lost", "", "") if echo.rtt_ms is None else (echo.route, echo.via, echo.back_path)
 
-    def flush():
+    def flush() -> None:
         if not stretch:
             return
         what, via, back = key(stretch[0])
@@ -195,7 +203,9 @@ class PathProbe:
     RATE echoes a second to the workload's tailnet IPv4 address; both ways' paths polled every PATH_EVERY seconds
     (the workload's through its node's container runtime, so also while the API server is away)."""
 
-    def __init__(self, net, rate: float = 5.0, path_every: float = 0.5, derp_leg_ms: float | None = None):
+    def __init__(
+        self, net: Tailnet, rate: float = 5.0, path_every: float = 0.5, derp_leg_ms: float | None = None
+    ) -> None:
         self.net, self.interval, self.path_every = net, 1.0 / rate, path_every
         # what one way through DERP adds to a round trip: the test tailnet's DERP delay
         self.derp_leg_ms = derp_leg_ms if derp_leg_ms is not None else net.derp_delay_ms
@@ -204,7 +214,7 @@ class PathProbe:
         self.echoes: list[Echo] = []
         self._stop = threading.Event()
 
-    def _poll(self, peer, samples: list[PathSample]):
+    def _poll(self, peer: Callable[[], dict | None], samples: list[PathSample]) -> None:
         """Appends PEER()'s path (a peer entry of `tailscale status --json`, None if absent) to SAMPLES until
         stopped."""
         while not self._stop.is_set():
@@ -214,7 +224,8 @@ class PathProbe:
                 pass
             self._stop.wait(self.path_every)
 
-    def _read(self):
+    def _read(self) -> None:
+        assert self._ping.stdout is not None, "ping runs with stdout=PIPE"
         for line in self._ping.stdout:
             self._lines.append(line)
 
@@ -256,7 +267,7 @@ class PathProbe:
         self._reader.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         stopped = time.time()
         self._ping.send_signal(signal.SIGINT)  # ping prints its totals on SIGINT
         self._ping.wait(timeout=30)

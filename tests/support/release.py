@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from kubernetes import client
@@ -16,6 +17,15 @@ from kubernetes.stream import stream
 
 from support.cluster import cluster_values
 from support.helm import run_helm
+from support.kube import (
+    container_status,
+    event_time,
+    load_balancer_ingress,
+    metadata,
+    name_of,
+    node_name,
+    pod_status,
+)
 from support.render import chart_names
 from support.repo import CHART, HELM
 from support.values import deep_merge, endpoint
@@ -35,8 +45,8 @@ class Release:
         chart: str = str(CHART),
         helm_binary: str = HELM,
         chart_args: tuple[str, ...] = (),
-        base_values=cluster_values,
-    ):
+        base_values: Callable[[], dict] = cluster_values,
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
@@ -54,7 +64,7 @@ class Release:
 
     def helm(
         self, *args: str, values: dict | None = None, check: bool = True, timeout: int = 600
-    ) -> subprocess.CompletedProcess:
+    ) -> subprocess.CompletedProcess[str]:
         """Runs helm in the release's namespace; VALUES are merged over the cluster's images and credentials."""
         merged = deep_merge(self.base_values(), values) if values is not None else None
         result = run_helm(*args, "--namespace", self.namespace, values=merged, timeout=timeout, helm=self.helm_binary)
@@ -62,7 +72,9 @@ class Release:
             pytest.fail(f"helm {' '.join(args[:2])} failed:\n{result.stdout}\n{result.stderr}\n{self.describe()}")
         return result
 
-    def install(self, values: dict | None = None, check: bool = True, wait: bool = True, timeout: str = "5m"):
+    def install(
+        self, values: dict | None = None, check: bool = True, wait: bool = True, timeout: str = "5m"
+    ) -> subprocess.CompletedProcess[str]:
         return self.helm(
             "install",
             self.name,
@@ -75,7 +87,7 @@ class Release:
             check=check,
         )
 
-    def upgrade(self, values: dict | None = None, check: bool = True):
+    def upgrade(self, values: dict | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.helm(
             "upgrade",
             self.name,
@@ -88,13 +100,13 @@ class Release:
             check=check,
         )
 
-    def rollback(self, revision: int):
+    def rollback(self, revision: int) -> subprocess.CompletedProcess[str]:
         return self.helm("rollback", self.name, str(revision), "--wait", "--timeout", "5m")
 
-    def test(self):
+    def test(self) -> subprocess.CompletedProcess[str]:
         return self.helm("test", self.name, "--timeout", "5m", "--logs")
 
-    def uninstall(self):
+    def uninstall(self) -> subprocess.CompletedProcess[str]:
         return self.helm("uninstall", self.name, "--wait", "--timeout", "5m")
 
     def status(self) -> dict:
@@ -133,7 +145,7 @@ class Release:
     def service_addresses(self, service: str) -> list[str]:
         """The load balancer IPs of SERVICE in the release's namespace."""
         found = self.core.read_namespaced_service(service, self.namespace)
-        return [i.ip for i in (found.status.load_balancer.ingress or []) if i.ip]
+        return [i.ip for i in load_balancer_ingress(found) if i.ip]
 
     def service_endpoints(self, index: int, port: int, service: str | None = None) -> set[str]:
         """What a relay behind replica INDEX's Service (or SERVICE) should advertise: each address with PORT."""
@@ -146,10 +158,7 @@ class Release:
     def free_pool_address(self, ip: str) -> str:
         """An address of IP's family after it in the MetalLB pool that no Service uses."""
         used = {
-            i.ip
-            for s in self.core.list_service_for_all_namespaces().items
-            for i in (s.status.load_balancer.ingress or [])
-            if i.ip
+            i.ip for s in self.core.list_service_for_all_namespaces().items for i in load_balancer_ingress(s) if i.ip
         }
         candidate = ipaddress.ip_address(ip)
         for _ in range(40):
@@ -160,7 +169,7 @@ class Release:
 
     def pod_nodes(self, replicas: int) -> dict[int, str]:
         """The node each of the REPLICAS relay pods is scheduled on, by replica index."""
-        return {i: self.core.read_namespaced_pod(self.pod(i), self.namespace).spec.node_name for i in range(replicas)}
+        return {i: node_name(self.core.read_namespaced_pod(self.pod(i), self.namespace)) for i in range(replicas)}
 
     def pod_condition(self, pod: str) -> tuple[str, str | None]:
         """POD's readiness ("Ready", "not Ready", "terminating" or "absent") and uid."""
@@ -170,6 +179,7 @@ class Release:
             if error.status != 404:
                 raise
             return "absent", None
+        assert found.metadata is not None and found.status is not None, "the API server fills both"
         if found.metadata.deletion_timestamp:
             return "terminating", found.metadata.uid
         ready = {c.type: c.status for c in found.status.conditions or []}.get("Ready")
@@ -200,15 +210,18 @@ class Release:
         )
         return self.core.read_namespaced_pod(pod, self.namespace)
 
-    def readiness(self, pod: str) -> tuple[str | None, datetime.datetime | None, str, int]:
+    def readiness(self, pod: str) -> tuple[str | None, datetime.datetime | None, str | None, int]:
         """POD's Ready condition (its status and when it last changed), its uid and its containers' restarts: all
         the same before and after an event means the pod never left its Service's endpoints."""
         found = self.core.read_namespaced_pod(pod, self.namespace)
+        assert found.metadata is not None and found.status is not None, "the API server fills both"
         ready = next((c for c in found.status.conditions or [] if c.type == "Ready"), None)
         restarts = sum(s.restart_count for s in found.status.container_statuses or [])
-        return ((ready.status, ready.last_transition_time) if ready else (None, None)) + (found.metadata.uid, restarts)
+        if ready is None:
+            return None, None, found.metadata.uid, restarts
+        return ready.status, ready.last_transition_time, found.metadata.uid, restarts
 
-    def wait_replaced(self, pod: str, old_uid: str, timeout: int = 180) -> client.V1Pod:
+    def wait_replaced(self, pod: str, old_uid: str | None, timeout: int = 180) -> client.V1Pod:
         """Waits until POD is a new pod (not OLD_UID) and Ready: after a deletion the StatefulSet made the next one."""
         wait_for(
             lambda: self.pod_condition(pod),
@@ -222,7 +235,7 @@ class Release:
     def replace_pod(self, pod: str, timeout: int = 180) -> client.V1Pod:
         """Deletes POD (a crash, an eviction, kubectl delete pod) and waits until the StatefulSet's next one is
         Ready."""
-        old_uid = self.core.read_namespaced_pod(pod, self.namespace).metadata.uid
+        old_uid = metadata(self.core.read_namespaced_pod(pod, self.namespace)).uid
         self.core.delete_namespaced_pod(pod, self.namespace)
         return self.wait_replaced(pod, old_uid, timeout)
 
@@ -248,14 +261,15 @@ class Release:
         body = self.core.connect_get_namespaced_pod_proxy_with_path(
             f"{pod}:{port}", self.namespace, "status", _preload_content=False
         )
-        return json.loads(body.data)
+        # the client declares str, the body read; with _preload_content=False it returns urllib3's response unread
+        return json.loads(body.data)  # type: ignore[attr-defined]
 
-    def agent_events(self, pod: str) -> list[tuple[str, str]]:
+    def agent_events(self, pod: str) -> list[tuple[str | None, str | None]]:
         """(reason, message) of the Events the agent posted on POD, oldest first (by their last time). The agent
         aggregates repeats as Kubernetes' recorders do (one object, its count): an Event of count N is listed N
         times."""
         events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={pod}").items
-        events.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
+        events.sort(key=event_time)
         return [
             (e.reason, e.message)
             for e in events
@@ -267,10 +281,11 @@ class Release:
         """Runs SCRIPT with sh on the kind node of POD, with $CID set to CONTAINER's runtime id (crictl's): what an
         event on the node does to one container (its process killed, its connections cut), not through the API."""
         found = self.core.read_namespaced_pod(pod, self.namespace)
-        status = next(s for s in found.status.container_statuses if s.name == container)
+        status = container_status(found, container)
+        assert status.container_id is not None, f"{container} of {pod} has not started"
         cid = status.container_id.split("://", 1)[1]
         return subprocess.run(
-            ["docker", "exec", "-e", f"CID={cid}", found.spec.node_name, "sh", "-c", script],
+            ["docker", "exec", "-e", f"CID={cid}", node_name(found), "sh", "-c", script],
             capture_output=True,
             text=True,
             timeout=60,
@@ -292,20 +307,20 @@ class Release:
         assert result.returncode == 0, f"ss -K dst {address} in {pod}: {result.stderr}"
         return result.stdout
 
-    def black_hole(self, pod: str, address: str, port: int):
+    def black_hole(self, pod: str, address: str, port: int) -> contextlib.AbstractContextManager[None]:
         """For the duration of the with block, POD's network namespace drops every TCP packet it sends to ADDRESS:PORT
         (iptables DROP in its OUTPUT chain, set from its node): a network partition or an overloaded server as
         production has them, where nothing is refused and every call waits for its own timeout. Only this pod is
         cut off; what it already sent is not taken back."""
         return self._blocked(pod, address, port, "DROP")
 
-    def refused(self, pod: str, address: str, port: int):
+    def refused(self, pod: str, address: str, port: int) -> contextlib.AbstractContextManager[None]:
         """As black_hole, but every connection to ADDRESS:PORT is refused at once (a TCP reset): a server whose host is
         up and whose process is not (restarting, crash-looping)."""
         return self._blocked(pod, address, port, "REJECT --reject-with tcp-reset")
 
     @contextlib.contextmanager
-    def _blocked(self, pod: str, address: str, port: int, target: str):
+    def _blocked(self, pod: str, address: str, port: int, target: str) -> Iterator[None]:
         tool = "ip6tables" if ":" in address else "iptables"
         rule = f"OUTPUT -p tcp -d {address} --dport {port} -j {target}"
         netns = 'nsenter -t "$(crictl inspect -o go-template --template \'{{.info.pid}}\' "$CID")" -n'
@@ -318,44 +333,43 @@ class Release:
             assert result.returncode == 0, f"{tool} -D {rule} in {pod}: {result.stderr}"
 
     def container_status(self, pod: str, container: str) -> client.V1ContainerStatus:
-        found = self.core.read_namespaced_pod(pod, self.namespace)
-        return next(s for s in found.status.container_statuses if s.name == container)
+        return container_status(self.core.read_namespaced_pod(pod, self.namespace), container)
 
-    def state_identities(self) -> dict[str, tuple[str, str]]:
+    def state_identities(self) -> dict[str, tuple[str | bytes, str | bytes]]:
         """Per state Secret, the identity tailscaled keeps there: its machine key and the login profile it points at.
         (Other keys, such as device_fqdn and the preferences, change as the node runs.) A Secret whose data was
         wiped maps to empty strings."""
         secrets = self.core.list_namespaced_secret(self.namespace, label_selector="app.kubernetes.io/component=relay")
-        return {
-            s.metadata.name: ((s.data or {}).get("_machinekey", ""), (s.data or {}).get("_current-profile", ""))
-            for s in secrets.items
-            if self.names.is_state_secret(s.metadata.name)
-        }
+        identities = {}
+        for secret in secrets.items:
+            data = secret.data or {}
+            name = metadata(secret).name
+            if name is not None and self.names.is_state_secret(name):
+                identities[name] = (data.get("_machinekey", ""), data.get("_current-profile", ""))
+        return identities
 
-    def hook_jobs_created_since(self, since) -> list[str]:
+    def hook_jobs_created_since(self, since: datetime.datetime) -> list[str | None]:
         """Hook Jobs the Job controller reported created after SINCE (an aware datetime), from the namespace's events:
         a succeeded hook Job is deleted at once, so listing Jobs cannot tell whether one ran."""
         return [
             e.involved_object.name
             for e in self.core.list_namespaced_event(self.namespace).items
-            if e.involved_object.kind == "Job"
-            and e.reason == "SuccessfulCreate"
-            and (e.last_timestamp or e.event_time or e.metadata.creation_timestamp) > since
+            if e.involved_object.kind == "Job" and e.reason == "SuccessfulCreate" and event_time(e) > since
         ]
 
     def hook_log(self) -> str:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector="app.kubernetes.io/component=hook").items
-        return "\n".join(self.core.read_namespaced_pod_log(p.metadata.name, self.namespace) for p in pods)
+        return "\n".join(self.core.read_namespaced_pod_log(name_of(p), self.namespace) for p in pods)
 
     def describe(self) -> str:
         """Pod states and recent events, for failure messages."""
         lines = []
         for pod in self.core.list_namespaced_pod(self.namespace).items:
             states = [
-                (s.name, s.ready, s.state.waiting.reason if s.state.waiting else "")
-                for s in pod.status.container_statuses or []
+                (s.name, s.ready, s.state.waiting.reason if s.state and s.state.waiting else "")
+                for s in pod_status(pod).container_statuses or []
             ]
-            lines.append(f"pod {pod.metadata.name}: {pod.status.phase} {states}")
+            lines.append(f"pod {name_of(pod)}: {pod_status(pod).phase} {states}")
         for event in self.core.list_namespaced_event(self.namespace).items[-15:]:
             lines.append(
                 f"event {event.involved_object.kind}/{event.involved_object.name}: {event.reason} {event.message}"
@@ -386,7 +400,8 @@ class Release:
         wait_for(
             lambda: [
                 (s.name, s.state)
-                for s in self.core.read_namespaced_pod(pod, self.namespace).status.ephemeral_container_statuses or []
+                for s in pod_status(self.core.read_namespaced_pod(pod, self.namespace)).ephemeral_container_statuses
+                or []
                 if s.name == name
             ],
             f"ephemeral container {name} in {pod} to run",

@@ -52,17 +52,25 @@ def run_release(*args: str, env: dict[str, str] | None = None) -> tuple[subproce
     return result, made
 
 
-def tampered_copy(package, directory):
+def tampered_copy(package: Path, directory: Path) -> Path:
     """The package with one line of values.yaml changed, re-compressed: what a compromised mirror would serve."""
     with tarfile.open(package) as archive:
-        members = [(m, archive.extractfile(m).read() if m.isfile() else None) for m in archive.getmembers()]
+        members = [(m, read_member(archive, m) if m.isfile() else None) for m in archive.getmembers()]
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for member, data in members:
             if member.name.endswith("/values.yaml"):
+                assert data is not None, "values.yaml is a file"
                 data = data.replace(b"port: 40000", b"port: 40001", 1)
                 member.size = len(data)
             archive.addfile(member, io.BytesIO(data) if data is not None else None)
     target = directory / package.name
     target.write_bytes(gzip.compress(buffer.getvalue()))
     return target
+
+
+def read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The contents of the regular file MEMBER of ARCHIVE."""
+    handle = archive.extractfile(member)
+    assert handle is not None, f"{member.name} is a regular file"
+    return handle.read()

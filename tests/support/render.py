@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, replace
+from typing import Any
 
 import yaml
 
@@ -35,7 +36,7 @@ def helm_text(values: dict | None = None, *, helm: str = HELM, args: tuple = (),
     return result.stdout
 
 
-def render(values: dict | None = None, **kwargs) -> list[dict]:
+def render(values: dict | None = None, **kwargs: Any) -> list[dict]:
     """Renders the chart (as helm_text) into a list of manifests."""
     return [doc for doc in yaml.safe_load_all(helm_text(values, **kwargs)) if doc]
 

@@ -12,19 +12,29 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
 from support.cluster import control_plane_node, setting
+from support.kube import metadata, name_of, node_name
 from support.repo import REPO
 from support.wait import wait_for
 
+if TYPE_CHECKING:  # for the annotations only
+    from kubernetes import client
+
+    from support.release import Release
+
 TAILNET_SCRIPT = str(REPO / "scripts" / "images" / "tailnet")
 # the workload's tailscaled socket, as its manifest sets it
-WORKLOAD_SOCKET = re.search(
+_SOCKET_SETTING = re.search(
     r"name: TS_SOCKET, value: ([^}\s]+)", (REPO / "scripts" / "images" / "workload.yaml").read_text()
-)[1]
+)
+assert _SOCKET_SETTING, "scripts/images/workload.yaml sets the workload's TS_SOCKET"
+WORKLOAD_SOCKET = _SOCKET_SETTING[1]
 
 # cli/ping.go: "pong from workload (100.64.0.2, 41641) via DERP(headscale) in 3ms"
 #              "pong from workload (100.64.0.2) via peer-relay(172.18.255.193:61441:vni:1) in 1ms"
@@ -99,15 +109,21 @@ def forget_offline_relays() -> list[str]:
 STUCK_RELAYS: set[str] = set()
 
 
-def relay_pods(core) -> list[str]:
+class PodLister(Protocol):
+    """What relay_pods needs of a CoreV1Api (the unit tests pass a stand-in)."""
+
+    def list_pod_for_all_namespaces(self, *, label_selector: str) -> client.V1PodList: ...
+
+
+def relay_pods(core: PodLister) -> list[str]:
     """Every relay pod in the cluster, as namespace/name."""
     return [
-        f"{p.metadata.namespace}/{p.metadata.name}"
+        f"{metadata(p).namespace}/{name_of(p)}"
         for p in core.list_pod_for_all_namespaces(label_selector="app.kubernetes.io/component=relay").items
     ]
 
 
-def wait_for_no_relays(core, timeout: int = 180):
+def wait_for_no_relays(core: PodLister, timeout: int = 180) -> None:
     """Waits until no relay pod of an earlier test is left in the cluster (one still terminating in another namespace
     would serve the path too). Fails at once when the only ones left are those an earlier wait timed out on."""
     left = relay_pods(core)
@@ -128,7 +144,7 @@ def wait_for_no_relays(core, timeout: int = 180):
         raise
 
 
-def relay_side(release, replicas: int = 1):
+def relay_side(release: Release, replicas: int = 1) -> Callable[[], str]:
     """For a failure message: where each relay runs, what it advertises and serves, and the namespace's events
     (MetalLB's nodeAssigned names the node that announces the LoadBalancer address)."""
 
@@ -137,7 +153,7 @@ def relay_side(release, replicas: int = 1):
         for index in range(replicas):
             pod = release.pod(index)
             try:
-                node = release.core.read_namespaced_pod(pod, release.namespace).spec.node_name
+                node = node_name(release.core.read_namespaced_pod(pod, release.namespace))
                 lines += [
                     f"relay {pod} on node {node}: settings {release.relay_settings(pod)}",
                     release.tailscale(pod, "debug", "peer-relay-sessions"),
@@ -150,7 +166,7 @@ def relay_side(release, replicas: int = 1):
     return explain
 
 
-def relayed(endpoints: set[str]):
+def relayed(endpoints: set[str]) -> Callable[[Pong], bool]:
     """A pong predicate: came via a peer relay at one of ENDPOINTS."""
     return lambda pong: pong.relay_endpoint in endpoints
 
@@ -158,7 +174,7 @@ def relayed(endpoints: set[str]):
 class Tailnet:
     """The LAN device and the workload node, as scripts/cluster env names them."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lan = setting("LAN_CLIENT")
         self.workload = setting("WORKLOAD_NODE")
         self.workload_namespace = setting("WORKLOAD_NAMESPACE")
@@ -177,7 +193,11 @@ class Tailnet:
         return parse_pongs(result.stdout)
 
     def ping_until(
-        self, wanted, max_pings: int = 120, what: str = "the wanted path", explain=lambda: ""
+        self,
+        wanted: Callable[[Pong], bool],
+        max_pings: int = 120,
+        what: str = "the wanted path",
+        explain: Callable[[], str] = lambda: "",
     ) -> tuple[int, Pong]:
         """Pings (a few at a time) until a pong satisfies WANTED; returns (pings sent, that pong).
         Fails after MAX_PINGS with the paths seen, this tailnet's diagnostics and EXPLAIN() (the relay's side)."""
@@ -313,7 +333,7 @@ class Tailnet:
         return result.stdout + result.stderr
 
 
-def relay_through(net: Tailnet, release, replicas: int, port: int, index: int) -> set[str]:
+def relay_through(net: Tailnet, release: Release, replicas: int, port: int, index: int) -> set[str]:
     """Makes the LAN device relay through replica INDEX of RELEASE, so that an event on that relay hits the relay in
     use: the LAN device's firewall drops the other relays' addresses until it relays through that one, then opens
     again (the LAN device keeps the path it has; the others stay candidates). Returns that relay's endpoints."""
@@ -327,12 +347,12 @@ def relay_through(net: Tailnet, release, replicas: int, port: int, index: int) -
     return wanted
 
 
-def relay_through_node(net: Tailnet, release, replicas: int, port: int, node: str) -> tuple[int, set[str]]:
+def relay_through_node(net: Tailnet, release: Release, replicas: int, port: int, node: str) -> tuple[int, set[str]]:
     """Makes the LAN device relay through a relay of RELEASE that runs on NODE (relay_through), so that an event on NODE
     hits the relay in use; when none runs there, relay 0 is moved there first (the other nodes cordoned while its pod
     is made again). Returns that relay's index and endpoints."""
     if node not in release.pod_nodes(replicas).values():
-        others = [n.metadata.name for n in release.core.list_node().items if n.metadata.name != node]
+        others = [name_of(n) for n in release.core.list_node().items if name_of(n) != node]
         for other in others:
             release.core.patch_node(other, {"spec": {"unschedulable": True}})
         try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 
 import yaml
 
@@ -49,7 +50,7 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def value_paths(values: dict, prefix: str = ""):
+def value_paths(values: dict, prefix: str = "") -> Iterator[str]:
     """Dotted paths of values.yaml's settings. Maps that are one setting (resources, security contexts, labels and
     annotations) stay whole, as helm-docs documents them in one row."""
     for key, value in values.items():

@@ -84,3 +84,9 @@ def test_the_python_is_clean_under_ruffs_linter_and_formatter():
     assert lint.returncode == 0, f"{lint.stdout}{lint.stderr}(fix, or .venv/bin/ruff check --fix tests bench)"
     formatted = run("ruff", "format", "--check", "--diff", "tests", "bench")
     assert formatted.returncode == 0, f"{formatted.stdout}{formatted.stderr}(.venv/bin/ruff format tests bench)"
+
+
+def test_the_python_type_checks():
+    # pyproject.toml's [tool.mypy]: tests/ and bench/, every function of the harness (tests/support) annotated
+    checked = run("mypy", timeout=600)
+    assert checked.returncode == 0, f"{checked.stdout}{checked.stderr}(.venv/bin/mypy)"

@@ -2,6 +2,7 @@
 
 import json
 import re
+from typing import Any
 
 from support.render import chart_names, notes
 
@@ -52,7 +53,10 @@ def test_notes_say_how_to_remove_the_kept_state():
 
 
 def test_node_port_with_local_traffic_policy_is_warned_about():
-    node_port = {"service": {"type": "NodePort", "nodePort": 30441}, "relay": {"staticEndpoints": ["192.0.2.20:30441"]}}
+    node_port: dict[str, Any] = {
+        "service": {"type": "NodePort", "nodePort": 30441},
+        "relay": {"staticEndpoints": ["192.0.2.20:30441"]},
+    }
     assert "after the relay pod moves to another node, traffic is dropped" in notes(node_port)
     cluster = {**node_port, "service": {**node_port["service"], "externalTrafficPolicy": "Cluster"}}
     assert "traffic is dropped" not in notes(cluster)

@@ -1,6 +1,8 @@
 """The path probe (support.probe) reads ping's and tailscale's own output: every echo sent is counted, answered or
 lost, and gets the paths both peers' statuses named, and how many ways went through DERP by its round trip."""
 
+from typing import Any
+
 import pytest
 
 from support.probe import Echo, PathSample, derp_legs, echoes, path_of, summarize, timeline
@@ -33,6 +35,8 @@ BACK = [
 ]
 # the test tailnet's DERP delay: what each way through DERP adds to a round trip
 DERP_MS = 30.0
+# the probes built here only read what they are given: no tailnet (typed Any: it stands in for a Tailnet)
+NO_TAILNET: Any = None
 
 
 @pytest.mark.parametrize(
@@ -178,7 +182,7 @@ def test_relayed_again_needs_answered_echoes_through_the_relay_both_ways(
 ):
     from support import probe as module
 
-    probe = module.PathProbe(net=None, derp_leg_ms=DERP_MS)
+    probe = module.PathProbe(net=NO_TAILNET, derp_leg_ms=DERP_MS)
     probe.started, probe._lines, probe.paths, probe.back_paths = STARTED, [lines], paths, back_paths
     monkeypatch.setattr(module.time, "time", lambda: STARTED + 4.0)
     assert probe.relayed_again({"[fc00:f853:ccd:e793::c8]:61441", "172.18.255.200:61441"}) is relayed
@@ -194,7 +198,7 @@ def test_relayed_again_counts_only_echoes_sent_after_the_event(since, relayed, m
     # ended at 1.5 s has three after it, too few to say the LAN device is back (those before may predate the loss)
     from support import probe as module
 
-    probe = module.PathProbe(net=None, derp_leg_ms=DERP_MS)
+    probe = module.PathProbe(net=NO_TAILNET, derp_leg_ms=DERP_MS)
     probe.started, probe._lines, probe.paths, probe.back_paths = STARTED, [answered(1.2)], ON_RELAY, BACK_ON_RELAY
     monkeypatch.setattr(module.time, "time", lambda: STARTED + 4.0)
     assert (
@@ -216,10 +220,11 @@ def test_echoes_still_in_flight_when_the_probe_stops_are_not_counted_lost(monkey
         def join(self, timeout=None):
             pass
 
-    probe = module.PathProbe(net=None, derp_leg_ms=DERP_MS)
+    probe = module.PathProbe(net=NO_TAILNET, derp_leg_ms=DERP_MS)
     probe.started, probe._lines, probe.paths, probe.back_paths = STARTED, [PING], PATHS, BACK
-    probe._ping = probe._reader = Stopped()
-    probe._pollers = [Stopped(), Stopped()]
+    done: Any = Stopped  # stands in for the ping process and the threads (typed Any: it is neither)
+    probe._ping = probe._reader = done()
+    probe._pollers = [done(), done()]
     # stopped 1.3 s after echo 7 was sent: its answer was still due (echoes 3 and 4 were due long before)
     monkeypatch.setattr(module.time, "time", lambda: STARTED + 2.5)
     probe.__exit__(None, None, None)

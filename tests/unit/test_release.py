@@ -9,7 +9,7 @@ import tarfile
 import pytest
 import yaml
 
-from support.release_keys import gpg_key, run_release, tampered_copy
+from support.release_keys import gpg_key, read_member, run_release, tampered_copy
 from support.repo import CHART, HELM, HELM3, REPO
 
 VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
@@ -45,7 +45,7 @@ def released(tmp_path_factory, key):
 def test_the_package_names_the_project_a_user_found_it_by(released):
     out, _ = released
     with tarfile.open(out / PACKAGE) as archive:
-        chart = yaml.safe_load(archive.extractfile("tailscale-peer-relay/Chart.yaml").read())
+        chart = yaml.safe_load(read_member(archive, archive.getmember("tailscale-peer-relay/Chart.yaml")))
     assert chart["home"] == PROJECT_URL and chart["sources"][0] == PROJECT_URL, (chart["home"], chart["sources"])
     links = yaml.safe_load(chart["annotations"]["artifacthub.io/links"])
     assert {"name": "Source and README", "url": PROJECT_URL} in links, links

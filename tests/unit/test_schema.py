@@ -141,7 +141,9 @@ def test_well_formed_endpoints_render(endpoint):
 
 def endpoint_expression() -> re.Pattern:
     text = (CHART / "templates" / "validate.yaml").read_text()
-    return re.compile(re.search(r"\$endpoint := `([^`]+)`", text).group(1))
+    found = re.search(r"\$endpoint := `([^`]+)`", text)
+    assert found, "validate.yaml defines $endpoint"
+    return re.compile(found.group(1))
 
 
 def parses_like_tailscale(endpoint: str) -> bool:

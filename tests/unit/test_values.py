@@ -24,7 +24,7 @@ NETPOL = {"networkPolicy": {"enabled": True}}
 TWO = {"replicaCount": 2}
 
 # value path -> (context values, the change, extra helm args)
-CHANGES = {
+CHANGES: dict[str, tuple[dict, dict]] = {
     "nameOverride": ({}, {"nameOverride": "edge"}),
     "fullnameOverride": ({}, {"fullnameOverride": "edge-relay"}),
     "replicaCount": ({}, {"replicaCount": 2}),
