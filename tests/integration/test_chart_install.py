@@ -4,31 +4,7 @@ import datetime
 
 import pytest
 
-from support.cluster import on_cluster
-
 pytestmark = pytest.mark.integration
-
-# the write-up's setup (chart/ci/seed-values.yaml) on the test cluster
-SEED = on_cluster("seed")
-PORT = SEED["relay"]["port"]
-
-
-def test_seed_setup_is_configured_by_one_install(release):
-    release.install(SEED)
-    pod = release.pod(0)
-    expected = release.service_endpoints(0, PORT)
-    families = {"v6" if e.startswith("[") else "v4" for e in expected}
-    assert families == {"v4", "v6"}, f"the RequireDualStack Service should have an IPv4 and an IPv6 address: {expected}"
-    port, endpoints = release.relay_settings(pod)
-    assert port == str(PORT)
-    assert endpoints == expected, "the relay advertises exactly the Service's addresses with the relay port"
-    assert PORT in release.udp_ports_bound(pod), "the relay's UDP port is not bound inside the pod"
-    # the test tailnet's grant (tailscale.com/cap/relay from every node to tag:relay) covers the LAN device and the
-    # workload at least, and the relay hears its home DERP region
-    status = release.agent_status(0)
-    assert status["relayPeers"] >= 2 and not status.get("unusable"), f"peers should be able to use the relay: {status}"
-    assert "RelayUsable" in [reason for reason, _ in release.agent_events(pod)]
-    release.test()
 
 
 def test_static_endpoints_are_applied_verbatim(release):

@@ -56,7 +56,7 @@ def test_without_a_cluster_the_integration_tests_fail_in_ci_and_skip_elsewhere(e
     # no cluster: no KUBECONFIG; and none of the CI variables of the run this test itself runs in
     base = {k: v for k, v in os.environ.items() if k not in ("CI", "REQUIRE_CLUSTER", "KUBECONFIG")}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/integration/test_chart_uninstall.py", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "tests/integration/test_chart_install.py", "-q", "-p", "no:cacheprovider"],
         cwd=REPO,
         env={**base, **env},
         capture_output=True,
