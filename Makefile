@@ -18,7 +18,7 @@ test: ## the whole suite on the offline kind cluster, as CI runs it (scripts/tes
 unit: ## render, schema, lint, docs and agent tests; no cluster (scripts/test --unit)
 	scripts/test --unit
 
-lint: ## the linters alone: ruff, gofmt, go vet, shellcheck, yamllint, helm lint, ct lint, kube schemas
+lint: ## the linters alone: ruff, mypy, gofmt, go vet, shellcheck, yamllint, helm lint, ct lint, kube schemas
 	$(VENV)/pytest tests/unit/test_lint.py tests/unit/test_agent.py tests/unit/test_scripts.py
 
 format: ## rewrite what the formatters own: ruff format and ruff check --fix (Python), gofmt (the agent)
