@@ -72,7 +72,7 @@ type Waiting struct{ Reason string }
 
 func (w Waiting) Error() string { return w.Reason }
 
-// ServiceEndpoints: the endpoints a relay advertises for its Service: every load balancer address (hostnames
+// ServiceEndpoints returns the endpoints a relay advertises for its Service: every load balancer address (hostnames
 // resolved) with PORT, IPv4 first, as tailscale sorts them. A RequireDualStack Service is not done until it has
 // an address of each family.
 func ServiceEndpoints(ctx context.Context, svc *Service, port uint16, hosts *HostnameCache) (eps []netip.AddrPort, warning string, err error) {
@@ -117,7 +117,7 @@ func sortedEndpoints(addrs []netip.Addr, port uint16) []netip.AddrPort {
 	return slices.Compact(eps)
 }
 
-// SortEndpoints: IPv4 first, then by address: the order in which endpoint lists are compared.
+// SortEndpoints sorts IPv4 first, then by address: the order in which endpoint lists are compared.
 func SortEndpoints(eps []netip.AddrPort) {
 	slices.SortFunc(eps, func(a, b netip.AddrPort) int {
 		if a.Addr().Is4() != b.Addr().Is4() {
@@ -147,7 +147,7 @@ func ParseEndpoints(list string) ([]netip.AddrPort, error) {
 	return slices.Compact(eps), nil
 }
 
-// SameEndpoints: the same set of endpoints, in any order and spelling.
+// SameEndpoints reports the same set of endpoints, in any order and spelling.
 func SameEndpoints(a, b []netip.AddrPort) bool {
 	a, b = slices.Clone(a), slices.Clone(b)
 	SortEndpoints(a)
@@ -188,7 +188,7 @@ type UDPSockets struct {
 	IPv4Table, IPv6Table string
 }
 
-// Bound: a socket of the family holds UDP PORT.
+// Bound reports whether a socket of the family holds UDP PORT.
 func (s UDPSockets) Bound(family string, port uint16) (bool, error) {
 	table := s.IPv4Table
 	if family == "IPv6" {
