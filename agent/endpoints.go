@@ -147,7 +147,7 @@ func ParseEndpoints(list string) ([]netip.AddrPort, error) {
 	return slices.Compact(eps), nil
 }
 
-// SameEndpoints reports the same set of endpoints, in any order and spelling.
+// SameEndpoints reports whether a and b are the same set of endpoints, in any order and spelling.
 func SameEndpoints(a, b []netip.AddrPort) bool {
 	a, b = slices.Clone(a), slices.Clone(b)
 	SortEndpoints(a)

@@ -66,7 +66,7 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("%d %s: %s", e.Code, http.StatusText(e.Code), e.Message)
 }
 
-// IsNotFound reports that the object does not exist.
+// IsNotFound reports whether err says that the object does not exist.
 func IsNotFound(err error) bool {
 	var apiErr *APIError
 	return errors.As(err, &apiErr) && apiErr.Code == http.StatusNotFound
