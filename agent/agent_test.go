@@ -142,6 +142,22 @@ func (h *harness) waitRelaying(what string, port uint16, endpoints string) {
 	})
 }
 
+// waitEvents waits until the pod has an Event with each reason. The reporter posts the Events a pass queued from
+// its own goroutine, after the pass: a test that sees the pass's effect (the status, a logout) cannot look for them
+// at once (seen failing under qemu-aarch64, slower than the host: the logout came before its LoggingInAgain Event).
+func (h *harness) waitEvents(reasons ...string) {
+	h.t.Helper()
+	waitFor(h.t, fmt.Sprintf("Events %v on the pod", reasons), func() (bool, string) {
+		got := h.api.eventReasons()
+		for _, reason := range reasons {
+			if !slices.Contains(got, reason) {
+				return false, fmt.Sprintf("no %s Event; Events: %v", reason, got)
+			}
+		}
+		return true, ""
+	})
+}
+
 func TestOneRunningAgentRepairsAReloginAndFollowsANewLoadBalancerAddress(t *testing.T) {
 	h := startAgent(t, nil, func(h *harness) {
 		h.api.put(svcPath, service("relay-0", "PreferDualStack", map[string]any{"ip": "192.0.2.10"}, map[string]any{"ip": "2001:db8::10"}))
@@ -163,12 +179,7 @@ func TestOneRunningAgentRepairsAReloginAndFollowsANewLoadBalancerAddress(t *test
 		return ok && st.Ready && st.PodUID == "uid-0" && slices.Equal(st.Endpoints, []string{"192.0.2.20:40000", "[2001:db8::20]:40000"}),
 			fmt.Sprintf("%+v", st)
 	})
-	reasons := h.api.eventReasons()
-	for _, want := range []string{"SettingsApplied", "Relaying", "EndpointsChanged"} {
-		if !slices.Contains(reasons, want) {
-			t.Errorf("no %s Event on the pod; Events: %v", want, reasons)
-		}
-	}
+	h.waitEvents("SettingsApplied", "Relaying", "EndpointsChanged")
 }
 
 func TestThroughAnAPIServerOutageTheRelayKeepsItsEndpointsAndStaysReady(t *testing.T) {
@@ -271,9 +282,7 @@ func TestAFailedLoginIsNamedFromTailscaledsHealthNotItsLog(t *testing.T) {
 		st := h.agent.Current()
 		return strings.Contains(st.Reason, "not answering") && strings.Contains(st.Reason, "auth-key not found"), fmt.Sprintf("%+v", st)
 	})
-	if !slices.Contains(h.api.eventReasons(), "LoginFailed") {
-		t.Errorf("no LoginFailed Event: %v", h.api.eventReasons())
-	}
+	h.waitEvents("LoginFailed")
 	h.ts.setDown(false)
 	h.ts.setState(ipn.Running, "")
 	h.waitRelaying("the settings once the login works", 40000, "192.0.2.10:40000")
@@ -289,9 +298,7 @@ func TestTailscaledRefusingTheSettingsIsReported(t *testing.T) {
 		st := h.agent.Current()
 		return !st.Ready && strings.Contains(st.Reason, "refused") && strings.Contains(st.Reason, "config file is locked"), fmt.Sprintf("%+v", st)
 	})
-	if !slices.Contains(h.api.eventReasons(), "RefusedByTailscaled") {
-		t.Errorf("no RefusedByTailscaled Event: %v", h.api.eventReasons())
-	}
+	h.waitEvents("RefusedByTailscaled")
 }
 
 func TestARelayTheControlServerNoLongerServesLogsOutToLogInAgain(t *testing.T) {
@@ -312,9 +319,7 @@ func testRelogin(t *testing.T, state ipn.State) {
 		defer h.ts.mu.Unlock()
 		return h.ts.logouts == 1, fmt.Sprintf("%d logouts; agent %+v", h.ts.logouts, h.agent.Current())
 	})
-	if !slices.Contains(h.api.eventReasons(), "LoggingInAgain") {
-		t.Errorf("no LoggingInAgain Event: %v", h.api.eventReasons())
-	}
+	h.waitEvents("LoggingInAgain")
 	// logged in again as a new node: the settings are set on it
 	h.ts.setMapPoll(true)
 	h.ts.relogin()

@@ -330,12 +330,18 @@ type fakeAPIServer struct {
 	objects  map[string]map[string]any // path -> object
 	version  int
 	watches  []chan WatchEvent
+	changes  []serviceChange // every Service change, for a watch from an older resourceVersion
 	events   []map[string]any
 	broken   bool
 	stalled  chan struct{} // non-nil: every request hangs until it is closed or the client gives up (a black hole)
 	cutWatch bool          // watches end at once with nothing sent, as a proxy that cuts streams does
 	requests int
 	getsOf   map[string]int
+}
+
+type serviceChange struct {
+	version int
+	event   WatchEvent
 }
 
 func newFakeAPIServer(t *testing.T) *fakeAPIServer {
@@ -365,8 +371,10 @@ func (f *fakeAPIServer) put(path string, obj map[string]any) {
 		if !existed {
 			kind = "ADDED"
 		}
+		event := WatchEvent{Type: kind, Object: raw}
+		f.changes = append(f.changes, serviceChange{f.version, event})
 		for _, ch := range f.watches {
-			ch <- WatchEvent{Type: kind, Object: raw}
+			ch <- event
 		}
 	}
 }
@@ -459,7 +467,20 @@ func (f *fakeAPIServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		name := strings.TrimPrefix(r.URL.Query().Get("fieldSelector"), "metadata.name=")
-		ch := make(chan WatchEvent, 16)
+		// from resourceVersion, as an API server watches: the changes since the version the agent read (its GET) come
+		// first, so that none made between that GET and this watch is lost (seen under qemu-aarch64, slower)
+		var missed []WatchEvent
+		if since, err := strconv.Atoi(r.URL.Query().Get("resourceVersion")); err == nil {
+			for _, change := range f.changes {
+				if change.version > since {
+					missed = append(missed, change.event)
+				}
+			}
+		}
+		ch := make(chan WatchEvent, 16+len(missed))
+		for _, event := range missed {
+			ch <- event
+		}
 		f.watches = append(f.watches, ch)
 		f.mu.Unlock()
 		w.WriteHeader(http.StatusOK)

@@ -92,6 +92,12 @@ func TestTheStatusListsTailscaledsWarningsInAFixedOrder(t *testing.T) {
 	})
 	// a pass every 50 ms: 40 passes, each of which would list a map's warnings in a random order
 	want := []string{"warning a", "warning b", "warning c", "warning d"}
+	// from the first pass that has them: the IPN bus watch brings tailscaled's health, maybe after the first passes
+	// (seen under qemu-aarch64, slower than the host)
+	waitFor(t, "the status to list the warnings", func() (bool, string) {
+		st := h.agent.Current()
+		return len(st.Warnings) == len(want), fmt.Sprintf("%q", st.Warnings)
+	})
 	for range 200 {
 		if st := h.agent.Current(); !slices.Equal(st.Warnings, want) {
 			t.Fatalf("the status lists the warnings as %q, want %q: an order that changes rewrites the status ConfigMap",
