@@ -113,7 +113,13 @@ func TestTheAgentProcessExitsAtOnceOnSIGTERM(t *testing.T) {
 		os.Exit(0)
 	}
 	ts, api := newFakeTailscaled(t), newFakeAPIServer(t)
-	cmd := exec.Command(os.Args[0], "-test.run=TestTheAgentProcessExitsAtOnceOnSIGTERM")
+	// RELAY_AGENT_TEST_EXEC: what runs this test binary (go test -exec), which runs its copy too: qemu-aarch64 for the
+	// arm64 run of tests/unit/test_agent.py, as the kernel runs no arm64 binary on its own here (no binfmt_misc)
+	name, args := os.Args[0], []string{"-test.run=TestTheAgentProcessExitsAtOnceOnSIGTERM"}
+	if wrapper := os.Getenv("RELAY_AGENT_TEST_EXEC"); wrapper != "" {
+		name, args = wrapper, append([]string{os.Args[0]}, args...)
+	}
+	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), "RELAY_AGENT_PROCESS=1", "POD_NAME=relay-0", "POD_UID=uid-0", "NAMESPACE=relays",
 		"RELAY_PORT=40000", "TS_SOCKET="+ts.socket, "STATUS_CONFIGMAP=relay-status-0", "KUBE_API_URL="+api.server.URL,
 		"LISTEN_ADDRESS=127.0.0.1:0")
