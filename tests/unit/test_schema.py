@@ -4,11 +4,13 @@ import ipaddress
 import json
 import random
 import re
+from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
+from support.helm import run_helm
 from support.render import RenderError, render
 from support.repo import CHART
 
@@ -139,11 +141,22 @@ def test_well_formed_endpoints_render(endpoint):
     assert render({"relay": {"staticEndpoints": [endpoint]}})
 
 
-def endpoint_expression() -> re.Pattern:
+def endpoint_expression(where: Path) -> re.Pattern[str]:
+    """validate.yaml's $endpoint as helm assembles it: the template lines between its two "endpoint expression"
+    markers, rendered on their own by the real helm in a throwaway chart under WHERE."""
     text = (CHART / "templates" / "validate.yaml").read_text()
-    found = re.search(r"\$endpoint := `([^`]+)`", text)
-    assert found, "validate.yaml defines $endpoint"
-    return re.compile(found.group(1))
+    _, begin, rest = text.partition("{{- /* endpoint expression: begin */}}\n")
+    lines, end, _ = rest.partition("{{- /* endpoint expression: end */}}")
+    assert begin and end, "validate.yaml marks the lines that build $endpoint"
+    chart = where / "endpoint-expression"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: endpoint-expression\nversion: 0.0.0\n")
+    (chart / "templates" / "expression.yaml").write_text(lines + "expression: {{ $endpoint | toJson }}\n")
+    result = run_helm("template", "expression", str(chart))
+    assert result.returncode == 0, result.stderr
+    expression = yaml.safe_load(result.stdout)["expression"]
+    assert isinstance(expression, str) and expression, result.stdout
+    return re.compile(expression)
 
 
 def parses_like_tailscale(endpoint: str) -> bool:
@@ -158,8 +171,8 @@ def parses_like_tailscale(endpoint: str) -> bool:
     return (match.group("v6") is None) or ":" in match.group("v6")
 
 
-def test_the_endpoint_expression_agrees_with_an_ip_parser():
-    expression, rng = endpoint_expression(), random.Random(7)
+def test_the_endpoint_expression_agrees_with_an_ip_parser(tmp_path: Path) -> None:
+    expression, rng = endpoint_expression(tmp_path), random.Random(7)
     groups = ["", "0", "1", "ab", "ffff", "FFFF", "12345", "g", "1.2.3.4"]
     samples = BAD_ENDPOINTS + GOOD_ENDPOINTS
     for _ in range(5000):
