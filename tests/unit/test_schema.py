@@ -1,6 +1,7 @@
 """values.schema.json: itself valid, strict about keys, types, ranges and endpoint forms."""
 
 import ipaddress
+import itertools
 import json
 import random
 import re
@@ -181,5 +182,11 @@ def test_the_endpoint_expression_agrees_with_an_ip_parser(tmp_path: Path) -> Non
         samples.append(
             f"{'.'.join(str(rng.randint(0, 300)) for _ in range(rng.choice([3, 4, 5])))}:{rng.randint(0, 70000)}"
         )
+    # every count of groups (0-10) before and after "::", and without it, with and without an IPv4 tail: the random
+    # addresses above have at most 9 parts, so never write 1:2:3:4:5:6:7:8:: or anything longer
+    for before, after in itertools.product(range(11), repeat=2):
+        for tail in ([], ["1.2.3.4"]):
+            samples.append(f"[{':'.join(['1'] * before)}::{':'.join(['f'] * after + tail)}]:80")
+            samples.append(f"[{':'.join(['1'] * before + tail)}]:80")
     wrong = [s for s in samples if bool(expression.fullmatch(s)) != parses_like_tailscale(s)]
     assert not wrong, f"validate.yaml's endpoint expression disagrees with an IP parser on {wrong[:10]}"
