@@ -286,15 +286,17 @@ func (a *Agent) observe(ctx context.Context, st *Status) (*ipnstate.PeerStatus, 
 	}
 	st.BackendState, st.TailscaleVersion = status.BackendState, status.Version
 	a.mu.Lock()
-	if w, ok := a.health[tsconst.HealthWarnableLoginState]; ok && w.Args[health.ArgError] != "" {
-		a.loginError = w.Args[health.ArgError]
-	}
+	loginError := a.health[tsconst.HealthWarnableLoginState].Args[health.ArgError] // "" without that warning
 	for code, w := range a.health {
 		if code != tsconst.HealthWarnableLoginState {
 			st.Warnings = append(st.Warnings, w.Text)
 		}
 	}
 	a.mu.Unlock()
+	// a.loginError is the loop's own (not guarded by a.mu: no other goroutine touches it), kept through restarts
+	if loginError != "" {
+		a.loginError = loginError
+	}
 	// Running, or Starting with a node key (after a restart): both need the control server's map poll.
 	if status.BackendState == ipn.Running.String() || status.BackendState == ipn.Starting.String() {
 		if reason := a.checkControl(ctx); reason != "" {
