@@ -34,6 +34,7 @@ from support.cluster import cluster_values, control_plane_node, on_cluster
 from support.release import Release
 from support.repo import REPO, versions
 from support.tailnet import Pong, Tailnet, wait_for_no_relays
+from support.usage import container_usage
 
 NAMESPACE = "relay-bench"
 # the write-up's setup (chart/ci/seed-values.yaml) as the test cluster installs it
@@ -104,42 +105,7 @@ def measure(net: Tailnet, path: str, count: int) -> dict:
 
 def crictl_stats(pod: str, namespace: str) -> dict:
     """CPU (core-nanoseconds, cumulative) and working-set memory of a pod's tailscale container, from its kind node."""
-    # the API server sets it; the client types it Optional (type: ignore below)
-    node = client.CoreV1Api().read_namespaced_pod(pod, namespace).spec.node_name  # type: ignore[union-attr]
-    cid = subprocess.run(
-        [
-            "docker",
-            "exec",
-            node,  # type: ignore[list-item]  # the API server sets it; the client types it Optional
-            "crictl",
-            "ps",
-            "-q",
-            "--name",
-            "^tailscale$",
-            "--label",
-            f"io.kubernetes.pod.name={pod}",
-            "--label",
-            f"io.kubernetes.pod.namespace={namespace}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[0]
-    stats = json.loads(
-        subprocess.run(
-            # the API server sets it; the client types it Optional (type: ignore below)
-            ["docker", "exec", node, "crictl", "stats", "-o", "json", "--id", cid],  # type: ignore[list-item]
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )["stats"][0]
-    return {
-        "cid": cid,
-        "cpu_ns": int(stats["cpu"]["usageCoreNanoSeconds"]["value"]),
-        "memory_bytes": int(stats["memory"]["workingSetBytes"]["value"]),
-        "at": time.monotonic(),
-    }
+    return container_usage(pod, namespace, "tailscale")._asdict()
 
 
 def host_pid(container_id: str) -> int:
