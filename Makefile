@@ -1,7 +1,7 @@
 # One command per task. Each target runs the script or tool that does the work, so that CI (.ci/run: scripts/setup,
 # then scripts/test), the README and a contributor all run the same thing. `make help` lists them.
 .DEFAULT_GOAL := help
-.PHONY: help setup test unit lint format generate verify bench bench-events demo cluster-up cluster-down release
+.PHONY: help setup test unit lint format generate verify bench bench-events bench-scale demo cluster-up cluster-down release
 
 VENV := .venv/bin
 TOOLS := .tools/bin
@@ -39,6 +39,9 @@ bench: ## the path benchmark: bench/results.json and bench/rtt.png (scripts/benc
 
 bench-events: ## what the LAN sees through cluster events: bench/events.json and bench/events.png (~20 min)
 	scripts/bench --events
+
+bench-scale: ## the relay's cost against tailnet size and relayed sessions: bench/scale.json and bench/scale.png
+	scripts/bench --scale
 
 demo: ## the write-up's setup installed on the kind cluster, DERP then peer-relay (scripts/demo)
 	scripts/demo
