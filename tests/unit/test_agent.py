@@ -14,9 +14,16 @@ AGENT = REPO / "agent"
 
 
 def go_env(cgo: bool = False, **extra: str) -> dict[str, str]:
-    # the Go release tailscale.com's go.mod asks for, fetched by the go command from the module proxy; cgo off, as
-    # scripts/agent-image builds the image's binary, but where the race detector needs it
-    return {**os.environ, "GOTOOLCHAIN": versions()["TAILSCALE_GO_TOOLCHAIN"], "CGO_ENABLED": str(int(cgo)), **extra}
+    # the Go release tailscale.com's go.mod asks for, fetched by the go command from the module proxy; cgo off and
+    # -trimpath, as scripts/agent-image builds the image's binary (but for the race detector, which needs cgo), so that
+    # its builds in tests/unit/test_agent_image.py reuse the packages compiled here (a cold build cache: 8 s, not 2 min)
+    return {
+        **os.environ,
+        "GOTOOLCHAIN": versions()["TAILSCALE_GO_TOOLCHAIN"],
+        "CGO_ENABLED": str(int(cgo)),
+        "GOFLAGS": "-trimpath -buildvcs=false",
+        **extra,
+    }
 
 
 def go(*args: str, timeout: int = 900, cgo: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
