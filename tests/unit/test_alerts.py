@@ -49,6 +49,7 @@ def cases(n: dict) -> list[tuple[str, list, list]]:
     """(alert, input series, [(eval time, firing?, alert labels, $value)]) for each alert, N naming the relay."""
     relay = {"job": n["job"], "namespace": n["namespace"], "pod": n["pod"]}
     other_job = {"job": "something-else", "namespace": n["namespace"], "pod": "x-0"}
+    pod = {"namespace": n["namespace"], "pod": n["pod"]}
     return [
         (
             "TailscalePeerRelayAbsent",
@@ -131,6 +132,45 @@ def cases(n: dict) -> list[tuple[str, list, list]]:
                 ),
             ],
             [("30m", False, None, "")],
+        ),
+        (
+            "TailscalePeerRelayMemoryNearLimit",  # 240 of 256 MiB: 93.75%
+            [
+                series("container_memory_working_set_bytes", "251658240x30", **pod, container="tailscale"),
+                series(
+                    "kube_pod_container_resource_limits",
+                    "268435456x30",
+                    **pod,
+                    container="tailscale",
+                    resource="memory",
+                    unit="byte",
+                ),
+                series("container_memory_working_set_bytes", "8388608x30", **pod, container="agent"),
+                series(
+                    "kube_pod_container_resource_limits",
+                    "67108864x30",
+                    **pod,
+                    container="agent",
+                    resource="memory",
+                    unit="byte",
+                ),
+            ],
+            [("10m", False, None, ""), ("20m", True, {**pod, "container": "tailscale"}, "93.75")],
+        ),
+        (
+            "TailscalePeerRelayMemoryNearLimit",  # 160 of 256 MiB, as at 5,000 peers (bench/scale.json)
+            [
+                series("container_memory_working_set_bytes", "167772160x30", **pod, container="tailscale"),
+                series(
+                    "kube_pod_container_resource_limits",
+                    "268435456x30",
+                    **pod,
+                    container="tailscale",
+                    resource="memory",
+                    unit="byte",
+                ),
+            ],
+            [("20m", False, None, "")],
         ),
         (
             "TailscalePeerRelayHealthWarnings",

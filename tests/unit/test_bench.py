@@ -137,3 +137,49 @@ def test_readme_quotes_the_event_results(events):
     doc = BENCH_DOC.read_text()
     missing = [line for line in event_lines(events) if line not in doc]
     assert not missing, f"{BENCH_DOC.name} does not quote bench/events.json; update it with: {missing}"
+
+
+SCALE = REPO / "bench" / "scale.json"
+SIZING_DOC = REPO / "docs" / "sizing.md"
+
+
+@pytest.fixture(scope="module")
+def scale():
+    assert SCALE.exists(), "bench/scale.json is missing: run scripts/bench --scale"
+    return json.loads(SCALE.read_text())
+
+
+def test_the_scale_benchmark_covered_a_tailnet_of_thousands_and_relayed_every_pair(scale):
+    sizes = [run["offline_peers"] for run in scale["sizes"]]
+    assert max(sizes) >= 1000 and sizes == sorted(sizes), sizes
+    for run in scale["sizes"]:
+        assert run["relay_peers"] >= run["offline_peers"], f"the relay should count every peer: {run}"
+        for container in ("tailscale", "agent"):
+            assert run[container]["peak_working_set_mib"], f"{run['offline_peers']} peers: no {container} sample"
+    for run in scale["sessions"]:
+        assert run["pairs_relayed"] == run["pairs"] and run["relay_sessions"] >= run["pairs"], run
+    assert (REPO / "bench" / "scale.png").stat().st_size > 10_000, "the scale plot is missing"
+
+
+def scale_lines(scale) -> list[str]:
+    """The sizing doc's rows: one per tailnet size, one per count of relayed pairs."""
+    sizes = [
+        f"| {r['offline_peers']:,} | {r['relay_peers']:,} | {r['seconds_pod_start_to_ready']} s | "
+        f"{r['tailscale']['idle_working_set_mib']} / {r['tailscale']['peak_working_set_mib']} MiB | "
+        f"{r['agent']['idle_working_set_mib']} / {r['agent']['peak_working_set_mib']} MiB | "
+        f"{r['tailscale']['idle_cpu_millicores']} / {r['tailscale']['churn_cpu_millicores']} |"
+        for r in scale["sizes"]
+    ]
+    sessions = [
+        f"| {s['pairs']} | {s['relayed_packets_per_second']:,} | {s['relay_cpu_millicores']} | "
+        f"{s['relay_cpu_millicores_per_1000_pps']} | {s['relay_peak_working_set_mib']} MiB | "
+        f"{s['echoes_lost']} of {s['echoes_sent']:,} | {s['median_rtt_ms']} / {s['p99_rtt_ms']} ms |"
+        for s in scale["sessions"]
+    ]
+    return sizes + sessions
+
+
+def test_the_sizing_doc_quotes_the_scale_results(scale):
+    doc = SIZING_DOC.read_text()
+    missing = [line for line in scale_lines(scale) if line not in doc]
+    assert not missing, f"{SIZING_DOC.name} does not quote bench/scale.json; update it with: {missing}"
