@@ -72,7 +72,7 @@ type Status struct {
 // passes), the Service watch, the IPN bus watch and the reporter (Events and the status ConfigMap), besides the HTTP
 // handlers that read the status. Each field below is owned as its group says.
 type Agent struct {
-	// Set by NewAgent, read by all.
+	// Set by NewAgent and never again, read by all (Events and HostnameCache lock their own state).
 	cfg     Config
 	ts      *local.Client
 	kube    *Kube
@@ -84,15 +84,19 @@ type Agent struct {
 	control *http.Client  // to the control server: the system's roots and cfg.LoginServerCA
 	report  chan struct{} // report now (the loop, after a pass)
 
-	// Guarded by mu: written by the watches and the loop, read by the handlers and the reporter.
+	// Guarded by mu: what the watches learn, and the loop's verdict. The watches own no other state. The Service
+	// watch writes svc, svcErr and svcErrSince (setService) and the IPN bus watch health, which the loop reads
+	// (pass, observe, desiredEndpoints); the loop writes status (publish), which the reporter and the HTTP handlers
+	// read (Current).
 	mu          sync.Mutex
 	svc         *Service  // last Service the watch delivered
 	svcErr      error     // the watch's last error, nil once it works again
 	svcErrSince time.Time // when the watch's errors began
-	health      map[health.WarnableCode]health.UnhealthyState
-	status      Status // the last pass's, as /status and the status ConfigMap show it
+	status      Status    // the last pass's, as /status and the status ConfigMap show it
+	// tailscaled's health warnings as its IPN bus last sent them, the login error among them (observe)
+	health map[health.WarnableCode]health.UnhealthyState
 
-	// The loop's own.
+	// The loop's own (Run and the steps of its passes): no other goroutine touches these, so no lock.
 	loginError    string             // tailscaled's last login error (its login-state health), kept through its restarts
 	lastGood      []netip.AddrPort   // endpoints of the last pass that had them
 	zombieSince   time.Time          // since when the map poll is down while control and tailscaled answer (checkControl)
@@ -103,7 +107,7 @@ type Agent struct {
 	busySince     time.Time          // since when tailscaled's LocalAPI has not answered in time (whileBusy)
 	relayPeers    relayPeers         // the last count of the peers that may use the relay (countPeers)
 
-	// The reporter's own.
+	// The reporter's own (syncStatus).
 	written string // status.json as the ConfigMap last had it (read back or written)
 }
 
