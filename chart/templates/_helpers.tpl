@@ -211,6 +211,77 @@ process environment, which other processes of the same user, and crash dumps, ca
 {{- end }}
 
 {{/*
+The agent's environment, for relay-agent .command: "run" (the relay pod's agent container) or "check" (the hook Job
+and the helm test Pod, relay.hookPodSpec). One list for both, so that what both read is written once: agent/main.go's
+Env reads it, each field's env tag naming its variable and the commands that read it, and
+tests/unit/test_agent_env.py holds the two to each other.
+*/}}
+{{- define "relay.agentEnv" -}}
+{{- $root := .root }}
+{{- if not (has .command (list "run" "check")) }}
+{{- fail (printf "relay.agentEnv: command %q: want run or check" .command) }}
+{{- end }}
+{{- $run := eq .command "run" }}
+{{- if $run }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_UID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.uid
+- name: POD_INDEX
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.labels['apps.kubernetes.io/pod-index']
+{{- end }}
+- name: NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- if $run }}
+# replica N's Service has the pod's name (relay.replicaName)
+- name: SERVICE_NAME
+  value: $(POD_NAME)
+- name: STATUS_CONFIGMAP
+  value: {{ include "relay.statusConfigMapName" (dict "root" $root "index" "$(POD_INDEX)") }}
+{{- else }}
+- name: STATEFULSET
+  value: {{ include "relay.fullname" $root | quote }}
+- name: PODS
+  value: {{ include "relay.replicaNames" (dict "root" $root "name" "relay.replicaName") | quote }}
+- name: STATUS_CONFIGMAPS
+  value: {{ include "relay.replicaNames" (dict "root" $root "name" "relay.statusConfigMapName") | quote }}
+{{- end }}
+- name: RELAY_PORT
+  value: {{ $root.Values.relay.port | quote }}
+- name: STATIC_ENDPOINTS
+  value: {{ join "," $root.Values.relay.staticEndpoints | quote }}
+{{- if $run }}
+- name: TS_SOCKET
+  value: {{ include "relay.socket" $root }}
+- name: LOGIN_SERVER
+  value: {{ include "relay.loginServer" $root | quote }}
+- name: RESYNC_SECONDS
+  value: {{ $root.Values.agent.resyncSeconds | quote }}
+- name: RELOGIN_AFTER_SECONDS
+  value: {{ $root.Values.agent.reloginAfterSeconds | quote }}
+{{- with $root.Values.agent.loginServerCA }}
+- name: LOGIN_SERVER_CA
+  value: {{ . | quote }}
+{{- end }}
+- name: LISTEN_ADDRESS
+  value: ":{{ $root.Values.agent.port }}"
+{{- else }}
+- name: TIMEOUT_SECONDS
+  value: {{ $root.Values.hook.timeoutSeconds | quote }}
+- name: IMAGE_PULL_GRACE_SECONDS
+  value: {{ $root.Values.hook.imagePullGraceSeconds | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 Pod spec shared by the hook Job and the helm test Pod: the agent's check (relay-agent check), in mode .mode
 ("apply" or "verify"), as the hook ServiceAccount. It reads what each replica's agent reports in its status
 ConfigMap: no logs, no exec.
@@ -233,24 +304,7 @@ containers:
     # On failure the end of the log (the check's message) becomes the pod's termination message (kubectl describe).
     terminationMessagePolicy: FallbackToLogsOnError
     env:
-      - name: NAMESPACE
-        valueFrom:
-          fieldRef:
-            fieldPath: metadata.namespace
-      - name: STATEFULSET
-        value: {{ include "relay.fullname" $root | quote }}
-      - name: PODS
-        value: {{ include "relay.replicaNames" (dict "root" $root "name" "relay.replicaName") | quote }}
-      - name: STATUS_CONFIGMAPS
-        value: {{ include "relay.replicaNames" (dict "root" $root "name" "relay.statusConfigMapName") | quote }}
-      - name: RELAY_PORT
-        value: {{ $root.Values.relay.port | quote }}
-      - name: STATIC_ENDPOINTS
-        value: {{ join "," $root.Values.relay.staticEndpoints | quote }}
-      - name: TIMEOUT_SECONDS
-        value: {{ $root.Values.hook.timeoutSeconds | quote }}
-      - name: IMAGE_PULL_GRACE_SECONDS
-        value: {{ $root.Values.hook.imagePullGraceSeconds | quote }}
+      {{- include "relay.agentEnv" (dict "root" $root "command" "check") | trim | nindent 6 }}
     securityContext:
       {{- toYaml $root.Values.securityContext | nindent 6 }}
     resources:
