@@ -28,7 +28,7 @@ import (
 	"tailscale.com/tsconst"
 )
 
-// Config is what the chart tells the agent (environment variables, see configFromEnv).
+// Config is what the chart tells the agent: its environment (Env), as configFromEnv reads it.
 type Config struct {
 	Pod, PodUID, Namespace string
 	Service                string // this replica's relay Service (empty with static endpoints)

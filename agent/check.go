@@ -13,7 +13,8 @@ import (
 	"time"
 )
 
-// CheckConfig is what the hook Job and the helm test Pod check (environment variables, see checkConfigFromEnv).
+// CheckConfig is what the hook Job and the helm test Pod check: their environment (Env), as checkConfigFromEnv
+// reads it.
 type CheckConfig struct {
 	Mode        string // apply (the hook) or verify (helm test): the same checks, named in the log
 	Namespace   string

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,16 +39,17 @@ func main() {
 	// SIGTERM ends either command at once: the relay pod stops without waiting out its grace period.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	env := readEnv(os.Getenv)
 	var err error
 	switch os.Args[1] {
 	case "run":
-		err = run(ctx)
+		err = run(ctx, env)
 	case "check":
 		mode := "apply"
 		if len(os.Args) > 2 {
 			mode = os.Args[2]
 		}
-		err = check(ctx, mode)
+		err = check(ctx, mode, env)
 	case "version":
 		fmt.Println(version)
 	default:
@@ -67,18 +69,68 @@ func (logWriter) Write(p []byte) (int, error) {
 	return fmt.Fprintf(os.Stderr, "%s %s", time.Now().UTC().Format(time.RFC3339), p)
 }
 
-func env(name, fallback string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
+// Env is the agent's environment: what the chart sets for it (relay.agentEnv in chart/templates/_helpers.tpl, one
+// helper for both commands) and what it leaves to the agent's defaults. main reads it once (readEnv); configFromEnv
+// (run) and checkConfigFromEnv (check) make a Config and a CheckConfig of it. A field's env tag names its variable,
+// then the commands that read it (run: the relay pod's agent container; check: the hook Job and helm test Pod), then
+// "default" when the chart never sets it (the agent's default holds; someone running the agent by hand may set it).
+// tests/unit/test_agent_env.py holds the chart's rendered environments to these tags, and env_test.go the code that
+// reads Env. The API server's address is Kubernetes' environment (InClusterKube), not the chart's.
+type Env struct {
+	Namespace       envVar `env:"NAMESPACE,run,check"`
+	RelayPort       envVar `env:"RELAY_PORT,run,check"`
+	StaticEndpoints envVar `env:"STATIC_ENDPOINTS,run,check"` // comma-separated; empty: the Service's addresses
+
+	PodName         envVar `env:"POD_NAME,run"`
+	PodUID          envVar `env:"POD_UID,run"`
+	ServiceName     envVar `env:"SERVICE_NAME,run"` // POD_NAME when unset (relay.replicaName)
+	StatusConfigMap envVar `env:"STATUS_CONFIGMAP,run"`
+	Socket          envVar `env:"TS_SOCKET,run"` // tailscaled's LocalAPI
+	LoginServer     envVar `env:"LOGIN_SERVER,run"`
+	LoginServerCA   envVar `env:"LOGIN_SERVER_CA,run"` // set only with agent.loginServerCA
+	Resync          envVar `env:"RESYNC_SECONDS,run"`
+	ReloginAfter    envVar `env:"RELOGIN_AFTER_SECONDS,run"`
+	ListenAddress   envVar `env:"LISTEN_ADDRESS,run"`
+	Retry           envVar `env:"RETRY_SECONDS,run,default"`
+	ResolveEvery    envVar `env:"RESOLVE_SECONDS,run,default"`
+	UDP4Table       envVar `env:"UDP4_TABLE,run,default"`
+	UDP6Table       envVar `env:"UDP6_TABLE,run,default"`
+
+	StatefulSet      envVar `env:"STATEFULSET,check"`
+	Pods             envVar `env:"PODS,check"`              // comma-separated
+	StatusConfigMaps envVar `env:"STATUS_CONFIGMAPS,check"` // comma-separated, replica by replica as PODS
+	Timeout          envVar `env:"TIMEOUT_SECONDS,check"`
+	PullGrace        envVar `env:"IMAGE_PULL_GRACE_SECONDS,check"`
+	Interval         envVar `env:"INTERVAL_SECONDS,check,default"`
+}
+
+// envVar is one variable of Env: its name, for messages, and its value ("" when unset).
+type envVar struct{ name, value string }
+
+// readEnv reads every variable of Env from getenv (os.Getenv), each by the name its env tag gives.
+func readEnv(getenv func(string) string) Env {
+	var env Env
+	fields := reflect.ValueOf(&env).Elem()
+	for i := range fields.NumField() {
+		name, _, _ := strings.Cut(fields.Type().Field(i).Tag.Get("env"), ",")
+		fields.Field(i).Set(reflect.ValueOf(envVar{name: name, value: getenv(name)}))
+	}
+	return env
+}
+
+// or is the variable's value, or fallback when it is unset or empty.
+func (v envVar) or(fallback string) string {
+	if v.value != "" {
+		return v.value
 	}
 	return fallback
 }
 
-func required(names ...string) error {
+func required(vars ...envVar) error {
 	var missing []string
-	for _, name := range names {
-		if os.Getenv(name) == "" {
-			missing = append(missing, name)
+	for _, v := range vars {
+		if v.value == "" {
+			missing = append(missing, v.name)
 		}
 	}
 	if len(missing) > 0 {
@@ -87,18 +139,18 @@ func required(names ...string) error {
 	return nil
 }
 
-func seconds(name, fallback string) (time.Duration, error) {
-	n, err := strconv.ParseFloat(env(name, fallback), 64)
+func seconds(v envVar, fallback string) (time.Duration, error) {
+	n, err := strconv.ParseFloat(v.or(fallback), 64)
 	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%s=%q: want seconds", name, os.Getenv(name))
+		return 0, fmt.Errorf("%s=%q: want seconds", v.name, v.value)
 	}
 	return time.Duration(n * float64(time.Second)), nil
 }
 
-func port(name string) (uint16, error) {
-	n, err := strconv.ParseUint(os.Getenv(name), 10, 16)
+func port(v envVar) (uint16, error) {
+	n, err := strconv.ParseUint(v.value, 10, 16)
 	if err != nil || n == 0 {
-		return 0, fmt.Errorf("%s=%q: want a UDP port 1-65535", name, os.Getenv(name))
+		return 0, fmt.Errorf("%s=%q: want a UDP port 1-65535", v.name, v.value)
 	}
 	return uint16(n), nil
 }
@@ -108,45 +160,47 @@ func port(name string) (uint16, error) {
 // v1.104.7. The agent never logs a relay out before its map poll has had that long to come back.
 const mapPollMaxBackoff = 45 * time.Second
 
-func configFromEnv() (Config, error) {
+// configFromEnv is the relay agent's Config (relay-agent run) from its environment.
+func configFromEnv(env Env) (Config, error) {
 	var cfg Config
-	if err := required("POD_NAME", "POD_UID", "NAMESPACE", "RELAY_PORT", "TS_SOCKET", "STATUS_CONFIGMAP"); err != nil {
+	if err := required(env.PodName, env.PodUID, env.Namespace, env.RelayPort, env.Socket,
+		env.StatusConfigMap); err != nil {
 		return cfg, err
 	}
-	cfg.Pod, cfg.PodUID, cfg.Namespace = os.Getenv("POD_NAME"), os.Getenv("POD_UID"), os.Getenv("NAMESPACE")
-	cfg.Service = env("SERVICE_NAME", cfg.Pod)
-	cfg.StatusConfigMap = os.Getenv("STATUS_CONFIGMAP")
-	cfg.LoginServer = env("LOGIN_SERVER", "https://controlplane.tailscale.com")
+	cfg.Pod, cfg.PodUID, cfg.Namespace = env.PodName.value, env.PodUID.value, env.Namespace.value
+	cfg.Service = env.ServiceName.or(cfg.Pod)
+	cfg.StatusConfigMap = env.StatusConfigMap.value
+	cfg.LoginServer = env.LoginServer.or("https://controlplane.tailscale.com")
 	cfg.PollBackoff = mapPollMaxBackoff
-	if ca := os.Getenv("LOGIN_SERVER_CA"); ca != "" {
+	if ca := env.LoginServerCA.value; ca != "" {
 		if !x509.NewCertPool().AppendCertsFromPEM([]byte(ca)) {
-			return cfg, errors.New("LOGIN_SERVER_CA (agent.loginServerCA) holds no PEM certificate")
+			return cfg, fmt.Errorf("%s (agent.loginServerCA) holds no PEM certificate", env.LoginServerCA.name)
 		}
 		cfg.LoginServerCA = []byte(ca)
 	}
-	cfg.Sockets = UDPSockets{IPv4Table: env("UDP4_TABLE", "/proc/net/udp"), IPv6Table: env("UDP6_TABLE", "/proc/net/udp6")}
+	cfg.Sockets = UDPSockets{IPv4Table: env.UDP4Table.or("/proc/net/udp"), IPv6Table: env.UDP6Table.or("/proc/net/udp6")}
 	var err error
-	if cfg.Port, err = port("RELAY_PORT"); err != nil {
+	if cfg.Port, err = port(env.RelayPort); err != nil {
 		return cfg, err
 	}
-	if cfg.Static, err = ParseEndpoints(os.Getenv("STATIC_ENDPOINTS")); err != nil {
-		return cfg, fmt.Errorf("STATIC_ENDPOINTS: %w", err)
+	if cfg.Static, err = ParseEndpoints(env.StaticEndpoints.value); err != nil {
+		return cfg, fmt.Errorf("%s: %w", env.StaticEndpoints.name, err)
 	}
 	for _, d := range []struct {
 		to       *time.Duration
-		name     string
+		from     envVar
 		fallback string
-	}{{&cfg.Resync, "RESYNC_SECONDS", "30"}, {&cfg.Retry, "RETRY_SECONDS", "2"},
-		{&cfg.ResolveEvery, "RESOLVE_SECONDS", "60"}, {&cfg.ReloginAfter, "RELOGIN_AFTER_SECONDS", "120"}} {
-		if *d.to, err = seconds(d.name, d.fallback); err != nil {
+	}{{&cfg.Resync, env.Resync, "30"}, {&cfg.Retry, env.Retry, "2"},
+		{&cfg.ResolveEvery, env.ResolveEvery, "60"}, {&cfg.ReloginAfter, env.ReloginAfter, "120"}} {
+		if *d.to, err = seconds(d.from, d.fallback); err != nil {
 			return cfg, err
 		}
 	}
 	return cfg, nil
 }
 
-func run(ctx context.Context) error {
-	cfg, err := configFromEnv()
+func run(ctx context.Context, env Env) error {
+	cfg, err := configFromEnv(env)
 	if err != nil {
 		return err
 	}
@@ -154,8 +208,8 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	agent := NewAgent(cfg, &local.Client{Socket: os.Getenv("TS_SOCKET"), UseSocketOnly: true}, kube, net.DefaultResolver)
-	listener, err := net.Listen("tcp", env("LISTEN_ADDRESS", ":9003"))
+	agent := NewAgent(cfg, &local.Client{Socket: env.Socket.value, UseSocketOnly: true}, kube, net.DefaultResolver)
+	listener, err := net.Listen("tcp", env.ListenAddress.or(":9003"))
 	if err != nil {
 		return err
 	}
@@ -191,32 +245,43 @@ func (a *Agent) Handler() http.Handler {
 	return mux
 }
 
-func check(ctx context.Context, mode string) error {
+// checkConfigFromEnv is the check's CheckConfig (relay-agent check MODE) from its environment.
+func checkConfigFromEnv(mode string, env Env) (CheckConfig, error) {
+	cfg := CheckConfig{Mode: mode}
+	if err := required(env.Namespace, env.StatefulSet, env.Pods, env.StatusConfigMaps, env.RelayPort,
+		env.Timeout); err != nil {
+		return cfg, err
+	}
+	cfg.Namespace, cfg.StatefulSet = env.Namespace.value, env.StatefulSet.value
+	cfg.Pods, cfg.StatusMaps = strings.Split(env.Pods.value, ","), strings.Split(env.StatusConfigMaps.value, ",")
+	if len(cfg.Pods) != len(cfg.StatusMaps) {
+		return cfg, fmt.Errorf("%s and %s differ in length", env.Pods.name, env.StatusConfigMaps.name)
+	}
+	var err error
+	if cfg.Port, err = port(env.RelayPort); err != nil {
+		return cfg, err
+	}
+	if cfg.Static, err = ParseEndpoints(env.StaticEndpoints.value); err != nil {
+		return cfg, fmt.Errorf("%s: %w", env.StaticEndpoints.name, err)
+	}
+	if cfg.Timeout, err = seconds(env.Timeout, ""); err != nil {
+		return cfg, err
+	}
+	if cfg.Interval, err = seconds(env.Interval, "2"); err != nil {
+		return cfg, err
+	}
+	if cfg.PullGrace, err = seconds(env.PullGrace, strconv.Itoa(int(pullGrace/time.Second))); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func check(ctx context.Context, mode string, env Env) error {
 	if mode != "apply" && mode != "verify" {
 		return errors.New(usage)
 	}
-	if err := required("NAMESPACE", "STATEFULSET", "PODS", "STATUS_CONFIGMAPS", "RELAY_PORT", "TIMEOUT_SECONDS"); err != nil {
-		return err
-	}
-	cfg := CheckConfig{Mode: mode, Namespace: os.Getenv("NAMESPACE"), StatefulSet: os.Getenv("STATEFULSET"),
-		Pods: strings.Split(os.Getenv("PODS"), ","), StatusMaps: strings.Split(os.Getenv("STATUS_CONFIGMAPS"), ",")}
-	if len(cfg.Pods) != len(cfg.StatusMaps) {
-		return errors.New("PODS and STATUS_CONFIGMAPS differ in length")
-	}
-	var err error
-	if cfg.Port, err = port("RELAY_PORT"); err != nil {
-		return err
-	}
-	if cfg.Static, err = ParseEndpoints(os.Getenv("STATIC_ENDPOINTS")); err != nil {
-		return fmt.Errorf("STATIC_ENDPOINTS: %w", err)
-	}
-	if cfg.Timeout, err = seconds("TIMEOUT_SECONDS", ""); err != nil {
-		return err
-	}
-	if cfg.Interval, err = seconds("INTERVAL_SECONDS", "2"); err != nil {
-		return err
-	}
-	if cfg.PullGrace, err = seconds("IMAGE_PULL_GRACE_SECONDS", strconv.Itoa(int(pullGrace/time.Second))); err != nil {
+	cfg, err := checkConfigFromEnv(mode, env)
+	if err != nil {
 		return err
 	}
 	kube, err := InClusterKube()
