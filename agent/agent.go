@@ -68,7 +68,7 @@ type Status struct {
 	Since            string   `json:"since"`                      // when this status began
 }
 
-// Agent keeps one relay's settings right: see README "How it works". Four goroutines share it: the loop (Run:
+// Agent keeps one relay's settings right: see docs/how-it-works.md. Four goroutines share it: the loop (Run:
 // passes), the Service watch, the IPN bus watch and the reporter (Events and the status ConfigMap), besides the HTTP
 // handlers that read the status. Each field below is owned as its group says.
 type Agent struct {
