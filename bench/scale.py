@@ -52,15 +52,22 @@ from support import offline_peers
 from support.cluster import on_cluster
 from support.release import Release
 from support.repo import REPO, versions
-from support.tailnet import Tailnet, forget_offline_relays, parse_pongs, wait_for_no_relays
+from support.tailnet import (
+    Tailnet,
+    device_icmp_echo,
+    device_tailscale,
+    forget_offline_relays,
+    pings_until,
+    session_peer_pairs,
+    wait_for_no_relays,
+)
+from support.tailnet import relayed as relayed_via
 from support.usage import container_usage
 
 NAMESPACE = "relay-bench-scale"
 # the write-up's setup (chart/ci/seed-values.yaml) as the test cluster installs it
 SEED = on_cluster("seed")
 CONTAINERS = ("tailscale", "agent")
-# the session peers' containers (scripts/images/tailnet peers): PEERS-0, PEERS-1, …
-PEERS = f"{os.environ.get('KIND_CLUSTER_NAME', 'relay-test')}-peer"
 
 
 def log(message: str) -> None:
@@ -197,63 +204,6 @@ def measure_size(relay: Release, api: offline_peers.HeadscaleAPI, size: int, arg
     return result
 
 
-def peer_pid(name: str) -> str:
-    return subprocess.run(
-        ["docker", "inspect", "-f", "{{.State.Pid}}", name], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def peer_ip(name: str) -> str:
-    return subprocess.run(
-        ["docker", "exec", name, "tailscale", "ip", "-4"], capture_output=True, text=True, check=True, timeout=30
-    ).stdout.strip()
-
-
-def relay_path_for(pair: tuple[str, str], endpoints: set[str]) -> int:
-    """Pings from the pair's first peer to its second until a pong comes through the relay (at one of ENDPOINTS);
-    returns the pings it took, or -1 after 150."""
-    source, target = pair
-    ip = peer_ip(target)
-    for sent in range(0, 150, 5):
-        out = subprocess.run(
-            ["docker", "exec", source, "tailscale", "ping", "--until-direct=false", "-c", "5", "--timeout", "2s", ip],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout
-        for index, pong in enumerate(parse_pongs(out)):
-            if pong.relay_endpoint in endpoints:
-                return sent + index + 1
-    return -1
-
-
-def echoes(pair: tuple[str, str], rate: float, seconds: int) -> dict[str, Any]:
-    """ICMP echoes from the pair's first peer to its second through the tunnel (ping in its network namespace)."""
-    source, target = pair
-    count = int(rate * seconds)
-    out = subprocess.run(
-        [
-            "nsenter",
-            "-t",
-            peer_pid(source),
-            "-n",
-            "ping",
-            "-n",
-            "-c",
-            str(count),
-            "-i",
-            str(round(1 / rate, 3)),
-            "-W",
-            "2",
-            peer_ip(target),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 120,
-    ).stdout
-    return {"sent": count, "rtts_ms": [float(v) for v in re.findall(r"time=([\d.]+) ms", out)]}
-
-
 def sessions_count(relay: Release) -> int:
     out = relay.tailscale(relay.pod(0), "debug", "peer-relay-sessions")
     match = re.search(r"Sessions count: (\d+)", out)
@@ -264,20 +214,25 @@ def measure_sessions(relay: Release, pairs: int, args: argparse.Namespace) -> di
     log(f"{pairs} relayed pairs: starting {2 * pairs} session peers")
     subprocess.run([str(REPO / "scripts" / "images" / "tailnet"), "peers", str(2 * pairs)], check=True)
     endpoints = relay.service_endpoints(0, SEED["relay"]["port"])
-    couples = [(f"{PEERS}-{2 * i}", f"{PEERS}-{2 * i + 1}") for i in range(pairs)]
+    couples = session_peer_pairs(pairs)
+    ips = {source: device_tailscale(target, "ip", "-4").stdout.strip() for source, target in couples}
     with ThreadPoolExecutor(max_workers=min(pairs, 8)) as pool:
-        took = list(pool.map(lambda c: relay_path_for(c, endpoints), couples))
+        # the pings each pair took until a pong came through the relay (-1: not within 150)
+        took = [
+            n or -1 for n, _ in pool.map(lambda c: pings_until(c[0], ips[c[0]], relayed_via(endpoints), 150), couples)
+        ]
     relayed = [c for c, n in zip(couples, took, strict=True) if n > 0]
     log(f"{len(relayed)} of {pairs} pairs relayed (pings until relayed: {took})")
     pod = relay.pod(0)
+    count = int(args.rate * args.load_seconds)
     before = container_usage(pod, relay.namespace)
     with Sampler(pod, relay.namespace) as sampler, ThreadPoolExecutor(max_workers=max(1, len(relayed))) as pool:
         sampler.mark("load")
-        results = list(pool.map(lambda c: echoes(c, args.rate, args.load_seconds), relayed))
+        results = list(pool.map(lambda c: device_icmp_echo(c[0], ips[c[0]], count, round(1 / args.rate, 3)), relayed))
         sessions = sessions_count(relay)
     after = container_usage(pod, relay.namespace)
-    rtts = sorted(r for result in results for r in result["rtts_ms"])
-    sent = sum(result["sent"] for result in results)
+    rtts = sorted(r for result in results for r in result)
+    sent = count * len(relayed)
     seconds = after.at - before.at
     cpu = (after.cpu_ns - before.cpu_ns) / 1e6 / seconds
     # each echo and each reply crosses the relay: into it from one peer and out of it to the other

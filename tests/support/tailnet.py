@@ -171,6 +171,79 @@ def relayed(endpoints: set[str]) -> Callable[[Pong], bool]:
     return lambda pong: pong.relay_endpoint in endpoints
 
 
+def device_tailscale(container: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """`tailscale ARGS` on the LAN device (or a session peer) in docker container CONTAINER."""
+    return subprocess.run(
+        ["docker", "exec", container, "tailscale", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def device_ping(container: str, target: str, count: int = 5) -> list[Pong]:
+    """`tailscale ping --until-direct=false -c COUNT` from the device in CONTAINER to TARGET; the pongs."""
+    result = device_tailscale(container, "ping", "--until-direct=false", "-c", str(count), "--timeout", "2s", target)
+    return parse_pongs(result.stdout)
+
+
+def device_pid(container: str) -> str:
+    """The process id on the host of the device in CONTAINER: `nsenter -t PID -n` runs host tools in its network
+    namespace (the relay image has no shell or iproute2)."""
+    return subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.Pid}}", container],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+
+
+def device_icmp_echo(container: str, ip: str, count: int, interval: float = 0.05) -> list[float]:
+    """COUNT ICMP echoes to IP (a tailnet address) through the tunnel from CONTAINER's network namespace; the round
+    trips in ms of those answered (ping's `time=` fields)."""
+    out = subprocess.run(
+        [
+            "nsenter",
+            "-t",
+            device_pid(container),
+            "-n",
+            "ping",
+            "-n",
+            "-c",
+            str(count),
+            "-i",
+            str(interval),
+            "-W",
+            "2",
+            ip,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=count * interval + 60,
+    ).stdout
+    return [float(t) for t in re.findall(r"time=([\d.]+) ms", out)]
+
+
+def session_peer_pairs(pairs: int) -> list[tuple[str, str]]:
+    """The containers of the session peers scripts/images/tailnet peers 2*PAIRS starts, as pairs: (peer-0, peer-1),
+    (peer-2, peer-3), …"""
+    prefix = f"{os.environ.get('KIND_CLUSTER_NAME', 'relay-test')}-peer"
+    return [(f"{prefix}-{2 * i}", f"{prefix}-{2 * i + 1}") for i in range(pairs)]
+
+
+def pings_until(
+    container: str, target: str, wanted: Callable[[Pong], bool], max_pings: int
+) -> tuple[int | None, list[str]]:
+    """Pings from CONTAINER to TARGET, five at a time, until a pong satisfies WANTED: (the pings it took, or None
+    after MAX_PINGS; the paths seen)."""
+    seen: list[str] = []
+    for sent in range(0, max_pings, 5):
+        pongs = device_ping(container, target)
+        for index, pong in enumerate(pongs):
+            if wanted(pong):
+                return sent + index + 1, seen + [pong.via]
+        seen += [p.via for p in pongs]
+    return None, seen
+
+
 class Tailnet:
     """The LAN device and the workload node, as scripts/cluster env names them."""
 
@@ -183,14 +256,11 @@ class Tailnet:
         self._workload_container: tuple[str, str] | None = None
 
     def lan_tailscale(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["docker", "exec", self.lan, "tailscale", *args], capture_output=True, text=True, timeout=timeout
-        )
+        return device_tailscale(self.lan, *args, timeout=timeout)
 
     def ping(self, count: int = 5) -> list[Pong]:
         """`tailscale ping --until-direct=false -c COUNT` from the LAN device to the workload; the pongs."""
-        result = self.lan_tailscale("ping", "--until-direct=false", "-c", str(count), "--timeout", "2s", self.workload)
-        return parse_pongs(result.stdout)
+        return device_ping(self.lan, self.workload, count)
 
     def ping_until(
         self,
@@ -300,26 +370,12 @@ class Tailnet:
         )
 
     def lan_pid(self) -> str:
-        """The LAN device's process id on the host: `nsenter -t PID -n` runs host tools in its network namespace
-        (the relay image has no shell or iproute2)."""
-        return subprocess.run(
-            ["docker", "inspect", "-f", "{{.State.Pid}}", self.lan],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout.strip()
+        """The LAN device's process id on the host (device_pid)."""
+        return device_pid(self.lan)
 
     def icmp_echo(self, ip: str, count: int, interval: float = 0.05) -> list[float]:
-        """COUNT ICMP echoes to IP (a tailnet address) through the tunnel from the LAN device's network namespace;
-        the round trips in ms of those answered (ping's `time=` fields)."""
-        out = subprocess.run(
-            ["nsenter", "-t", self.lan_pid(), "-n", "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", ip],
-            capture_output=True,
-            text=True,
-            timeout=count * interval + 60,
-        ).stdout
-        return [float(t) for t in re.findall(r"time=([\d.]+) ms", out)]
+        """COUNT ICMP echoes to IP through the tunnel from the LAN device (device_icmp_echo)."""
+        return device_icmp_echo(self.lan, ip, count, interval)
 
     def workload_ip(self) -> str:
         """The workload's tailnet IPv4 address, as the LAN device knows it."""
