@@ -27,13 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
-
 # the test support package, installed into .venv by scripts/setup (an editable install of this repository)
 from support.cluster import cluster_values, control_plane_node, on_cluster
-from support.release import Release
+from support.release import Release, benchmark_release
 from support.repo import REPO, versions
-from support.tailnet import Pong, Tailnet, wait_for_no_relays
+from support.tailnet import Pong, Tailnet
 from support.usage import container_usage
 
 NAMESPACE = "relay-bench"
@@ -268,21 +266,10 @@ def main() -> None:
     parser.add_argument("--skip-matrix", action="store_true", help="skip the relayed throughput per relay mode")
     args = parser.parse_args()
 
-    config.load_kube_config()
-    api = client.ApiClient()
-    core = client.CoreV1Api(api)
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
-    relay = Release(api, NAMESPACE)
     net = Tailnet()
-    if relay.helm("status", relay.name, check=False).returncode == 0:
-        log("removing the previous benchmark release")
-        relay.helm("uninstall", relay.name, "--wait")
-    log("waiting until no relay runs in the cluster")
-    wait_for_no_relays(core)
+    log("removing a previous benchmark release; waiting until no relay runs in the cluster")
+    relay = benchmark_release(NAMESPACE)
+    core = relay.core
 
     workload_ip = net.workload_ip()
     workload_pod = (

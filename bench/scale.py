@@ -45,12 +45,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
 # the test support package, installed into .venv by scripts/setup (an editable install of this repository)
 from support import offline_peers
 from support.cluster import on_cluster
-from support.release import Release
+from support.release import Release, benchmark_release
 from support.repo import REPO, versions
 from support.tailnet import (
     Tailnet,
@@ -312,19 +312,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench")
     args = parser.parse_args()
 
-    config.load_kube_config()
-    api_client = client.ApiClient()
-    core = client.CoreV1Api(api_client)
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
-    relay = Release(api_client, NAMESPACE)
     Tailnet()  # the tailnet in a box's settings are there
-    if relay.helm("status", relay.name, check=False).returncode == 0:
-        relay.helm("uninstall", relay.name, "--wait")
-    wait_for_no_relays(core)
+    relay = benchmark_release(NAMESPACE)
     api = offline_peers.HeadscaleAPI()
     offline_peers.remove_via_api(api)  # an interrupted run's churn peers
     started = time.monotonic()

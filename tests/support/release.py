@@ -416,3 +416,26 @@ class Release:
             if len(fields) > 2 and ":" in fields[1] and fields[0].rstrip(":").isdigit():
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
         return ports
+
+
+def benchmark_release(namespace: str) -> Release:
+    """The benchmarks' release in NAMESPACE on the kubeconfig's cluster: the namespace made if missing, a release an
+    earlier run left there uninstalled, and no relay left running anywhere in the cluster (they would serve paths the
+    benchmark measures)."""
+    from kubernetes import config
+
+    from support.tailnet import wait_for_no_relays
+
+    config.load_kube_config()
+    api = client.ApiClient()
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    except client.ApiException as error:
+        if error.status != 409:  # it exists
+            raise
+    relay = Release(api, namespace)
+    if relay.helm("status", relay.name, check=False).returncode == 0:
+        relay.helm("uninstall", relay.name, "--wait")
+    wait_for_no_relays(core)
+    return relay
