@@ -16,10 +16,7 @@ and ICMP echo through the tunnel from the LAN device's network namespace (micros
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,7 +27,7 @@ from typing import Any
 # the test support package, installed into .venv by scripts/setup (an editable install of this repository)
 from support.cluster import cluster_values, control_plane_node, on_cluster
 from support.release import Release, benchmark_release
-from support.repo import REPO, versions
+from support.repo import REPO, benchmark_environment
 from support.tailnet import Pong, Tailnet
 from support.usage import container_usage
 
@@ -322,14 +319,8 @@ def main() -> None:
             results["throughput"]["relay"]["mbit_per_s"] / results["throughput"]["direct"]["mbit_per_s"], 2
         ),
     }
-    pins = versions()
     results["environment"] = {
-        "date": datetime.date.today().isoformat(),
-        "cores": os.cpu_count(),
-        "kernel": platform.release(),
-        "tailscale": pins["TAILSCALE_VERSION"],
-        "headscale": pins["HEADSCALE_VERSION"],
-        "kubernetes": pins["KUBERNETES_VERSION"],
+        **benchmark_environment(),
         "pings_per_path": args.pings,
         "derp": "Headscale's embedded DERP server on the same docker network, behind scripts/images/derp-delay",
         "derp_delay_ms": net.derp_delay_ms,

@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -51,7 +49,7 @@ from kubernetes import client
 from support import offline_peers
 from support.cluster import on_cluster
 from support.release import Release, benchmark_release
-from support.repo import REPO, versions
+from support.repo import REPO, benchmark_environment
 from support.tailnet import (
     Tailnet,
     device_icmp_echo,
@@ -335,14 +333,8 @@ def main() -> None:
         finally:
             relay.helm("uninstall", relay.name, "--wait", check=False)
             subprocess.run([str(REPO / "scripts" / "images" / "tailnet"), "peers", "0"], check=False)
-    pins = versions()
     results["environment"] = {
-        "date": datetime.date.today().isoformat(),
-        "cores": os.cpu_count(),
-        "kernel": platform.release(),
-        "tailscale": pins["TAILSCALE_VERSION"],
-        "headscale": pins["HEADSCALE_VERSION"],
-        "kubernetes": pins["KUBERNETES_VERSION"],
+        **benchmark_environment(),
         "sharing_the_cores": "the kind cluster (two nodes), Headscale, the LAN device and the workload; nothing else",
         "peers": "offline Headscale nodes, copies of the LAN device's row (support/offline_peers.py)",
         "policy": "scripts/images/headscale-policy.hujson: every node may reach every node and use tag:relay",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -22,3 +25,17 @@ def versions() -> dict[str, str]:
             key, _, value = line.partition("=")
             pins[key] = value
     return pins
+
+
+def benchmark_environment() -> dict[str, object]:
+    """What a benchmark's results record about where they were measured: the day, this machine's cores and kernel,
+    and the pinned Tailscale, Headscale and Kubernetes."""
+    pins = versions()
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "tailscale": pins["TAILSCALE_VERSION"],
+        "headscale": pins["HEADSCALE_VERSION"],
+        "kubernetes": pins["KUBERNETES_VERSION"],
+    }
